@@ -1,0 +1,385 @@
+//! The samplers: each a short loop over a [`Sigmas`] schedule calling the update rules of
+//! [`crate::update`], reporting every step.
+
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::Tensor;
+
+use crate::denoiser::{all_finite, to_x0_eps, Denoiser};
+use crate::error::SolverError;
+use crate::noise::NoiseSource;
+use crate::schedule::Family;
+use crate::sigmas::Sigmas;
+use crate::update::{self, MultistepParams, OdeFrame};
+
+/// The solver families, with the community's names (k-diffusion / ComfyUI).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SamplerKind {
+    /// First-order ODE step (k-diffusion `sample_euler`).
+    Euler,
+    /// First order with ancestral noise, eta 1 by default (`sample_euler_ancestral`).
+    EulerAncestral,
+    /// EDM's second-order Heun (`sample_heun`); 2 model evaluations per step but the last.
+    Heun,
+    /// DDIM (Song et al.) with `eta`, 0 by default; the same update as `euler_ancestral`.
+    Ddim,
+    /// DPM-Solver++(2M), multistep second order.
+    Dpmpp2m,
+    /// DPM-Solver++(3M), multistep third order (diffusers' `solver_order=3`).
+    Dpmpp3m,
+    /// DPM-Solver++(2S), singlestep second order; eta 0 by default (ODE).
+    Dpmpp2s,
+    /// DPM-Solver++(2S) ancestral, eta 1 by default (`sample_dpmpp_2s_ancestral`).
+    Dpmpp2sAncestral,
+    /// SDE-DPM-Solver++(2M), eta 1 by default (`sample_dpmpp_2m_sde`).
+    Dpmpp2mSde,
+    /// SDE-DPM-Solver++(3M), eta 1 by default (`sample_dpmpp_3m_sde`).
+    Dpmpp3mSde,
+}
+
+/// `(name, kind)` for every sampler, in the order help texts list them.
+pub const SAMPLERS: &[(&str, SamplerKind)] = &[
+    ("euler", SamplerKind::Euler),
+    ("euler_ancestral", SamplerKind::EulerAncestral),
+    ("heun", SamplerKind::Heun),
+    ("ddim", SamplerKind::Ddim),
+    ("dpmpp_2m", SamplerKind::Dpmpp2m),
+    ("dpmpp_3m", SamplerKind::Dpmpp3m),
+    ("dpmpp_2s", SamplerKind::Dpmpp2s),
+    ("dpmpp_2s_ancestral", SamplerKind::Dpmpp2sAncestral),
+    ("dpmpp_2m_sde", SamplerKind::Dpmpp2mSde),
+    ("dpmpp_3m_sde", SamplerKind::Dpmpp3mSde),
+];
+
+impl SamplerKind {
+    /// The community name.
+    pub fn name(self) -> &'static str {
+        SAMPLERS.iter().find(|(_, k)| *k == self).map(|(n, _)| *n).unwrap_or("?")
+    }
+
+    /// Default eta: 1 for the ancestral and SDE samplers, 0 otherwise.
+    pub fn default_eta(self) -> f64 {
+        use SamplerKind::*;
+        match self {
+            EulerAncestral | Dpmpp2sAncestral | Dpmpp2mSde | Dpmpp3mSde => 1.0,
+            Euler | Heun | Ddim | Dpmpp2m | Dpmpp3m | Dpmpp2s => 0.0,
+        }
+    }
+
+    /// The solver's order of convergence as an ODE solver (eta 0).
+    pub fn order(self) -> usize {
+        use SamplerKind::*;
+        match self {
+            Euler | EulerAncestral | Ddim => 1,
+            Heun | Dpmpp2m | Dpmpp2s | Dpmpp2sAncestral | Dpmpp2mSde => 2,
+            Dpmpp3m | Dpmpp3mSde => 3,
+        }
+    }
+}
+
+impl fmt::Display for SamplerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for SamplerKind {
+    type Err = SolverError;
+    fn from_str(name: &str) -> Result<Self, SolverError> {
+        SAMPLERS.iter().find(|(n, _)| *n == name).map(|(_, k)| *k).ok_or_else(|| {
+            SolverError::UnknownSampler {
+                name: name.to_string(),
+                valid: SAMPLERS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
+            }
+        })
+    }
+}
+
+/// What to do with the model's x0 prediction before a solver uses it (pixel-space models).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum X0Processing {
+    None,
+    /// Clamp to `[-c, c]` (diffusers `clip_sample`).
+    Clip(f64),
+    /// Imagen's dynamic thresholding: per sample, `q` = the `ratio` quantile of `|x0|` clamped
+    /// to `[1, max]`; `x0 = clamp(x0, -q, q) / q` (diffusers `thresholding=True`).
+    DynamicThreshold {
+        ratio: f64,
+        max: f64,
+    },
+}
+
+/// What each step reports.
+pub struct Step<'a> {
+    /// 0-based step index.
+    pub index: usize,
+    /// Number of steps in the schedule.
+    pub steps: usize,
+    pub sigma: f64,
+    pub sigma_next: f64,
+    /// The state after the step (native space).
+    pub x: &'a Tensor,
+    /// The model's x0 prediction at the start of the step.
+    pub denoised: &'a Tensor,
+    /// Model evaluations so far.
+    pub nfe: usize,
+}
+
+/// A configured sampler.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use stride_solvers::{Denoiser, NoiseSchedule, Parameterization, Sampler, Scheduler, TorchNoise};
+///
+/// struct Zero(NoiseSchedule); // exact denoiser for data that is always 0
+/// impl Denoiser for Zero {
+///     fn schedule(&self) -> &NoiseSchedule { &self.0 }
+///     fn parameterization(&self) -> Parameterization { Parameterization::X0 }
+///     fn predict(&self, x: &Tensor, _: &[f64]) -> candle_core::Result<Tensor> { x.zeros_like() }
+/// }
+///
+/// let model = Zero(NoiseSchedule::edm());
+/// let sigmas = Scheduler::Karras { rho: 7.0 }.sigmas(model.schedule(), 10).unwrap();
+/// let sampler: Sampler = "dpmpp_2m".parse().unwrap();
+/// let mut noise = TorchNoise::new(&[42]);
+/// let x = sampler.initial_latent(&model, &sigmas, &[1, 4, 8, 8], &mut noise, &Device::Cpu).unwrap();
+/// let x0 = sampler.sample(&model, x, &sigmas, &mut noise, |_| {}).unwrap();
+/// assert_eq!(x0.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampler {
+    pub kind: SamplerKind,
+    /// Stochasticity of ancestral / SDE samplers (DDIM's eta).
+    pub eta: f64,
+    /// Scale on injected noise.
+    pub s_noise: f64,
+    /// Heun instead of midpoint second-order correction in second-order multistep steps
+    /// (2M, 2M SDE, and the warm-up step of 3M / 3M SDE).
+    pub heun_correction: bool,
+    /// diffusers' `lower_order_final`: with fewer than 15 steps the last step is first order
+    /// and the one before at most second order. A step to sigma 0 is always first order.
+    pub lower_order_final: bool,
+    /// Use the Taylor-exact D2 coefficient in third-order steps (the references use half).
+    pub taylor_exact_d2: bool,
+    pub x0_processing: X0Processing,
+}
+
+impl FromStr for Sampler {
+    type Err = SolverError;
+    fn from_str(name: &str) -> Result<Self, SolverError> {
+        Ok(Sampler::new(name.parse()?))
+    }
+}
+
+impl Sampler {
+    /// The sampler with its references' defaults.
+    pub fn new(kind: SamplerKind) -> Self {
+        Self {
+            kind,
+            eta: kind.default_eta(),
+            s_noise: 1.0,
+            // k-diffusion's 3M SDE warms up with the heun-form second-order step.
+            heun_correction: kind == SamplerKind::Dpmpp3mSde,
+            lower_order_final: true,
+            taylor_exact_d2: false,
+            x0_processing: X0Processing::None,
+        }
+    }
+
+    /// Model evaluations this sampler spends on `sigmas`.
+    pub fn nfe(&self, sigmas: &Sigmas) -> usize {
+        let s = sigmas.as_slice();
+        let two_stage =
+            matches!(self.kind, SamplerKind::Heun | SamplerKind::Dpmpp2s | SamplerKind::Dpmpp2sAncestral);
+        if !two_stage {
+            return sigmas.steps();
+        }
+        s.windows(2).map(|w| if w[1] > 0.0 && w[0].is_finite() { 2 } else { 1 }).sum()
+    }
+
+    /// The initial state at the schedule's first sigma, `sigma(s_0) * noise`, shape `dims`.
+    pub fn initial_latent(
+        &self,
+        model: &dyn Denoiser,
+        sigmas: &Sigmas,
+        dims: &[usize],
+        noise: &mut dyn NoiseSource,
+        device: &candle_core::Device,
+    ) -> Result<Tensor, SolverError> {
+        let z = noise.sample(&dims.into(), candle_core::DType::F32, device)?;
+        let sigma = model.schedule().family().sigma(sigmas.first());
+        Ok(z.affine(sigma, 0.0)?)
+    }
+
+    /// Integrates from `x` (the native state at `sigmas.first()`) down the schedule and
+    /// returns the final state; `on_step` sees every step.
+    pub fn sample(
+        &self,
+        model: &dyn Denoiser,
+        x: Tensor,
+        sigmas: &Sigmas,
+        noise: &mut dyn NoiseSource,
+        mut on_step: impl FnMut(&Step),
+    ) -> Result<Tensor, SolverError> {
+        if !(self.eta >= 0.0 && self.eta.is_finite()) {
+            return Err(SolverError::Options(format!("eta must be a finite number >= 0, got {}", self.eta)));
+        }
+        let mut model = Evaluator::new(model, self.x0_processing, x.dim(0)?);
+        let family = model.family;
+        let s = sigmas.as_slice();
+        let steps = sigmas.steps();
+        let mut x = x;
+        // (x0, lambda) of earlier steps, newest first, for the multistep solvers.
+        let mut history: Vec<(Tensor, f64)> = Vec::with_capacity(3);
+        for i in 0..steps {
+            let (sigma, sigma_next) = (s[i], s[i + 1]);
+            let (x0, eps) = model.eval(&x, sigma, i)?;
+            let next = match self.kind {
+                SamplerKind::Euler => update::first_order(family, &x, &x0, sigma, sigma_next)?,
+                SamplerKind::EulerAncestral | SamplerKind::Ddim => {
+                    let (down, up) = update::ancestral_split(sigma, sigma_next, self.eta);
+                    let x_down = update::first_order(family, &x, &x0, sigma, down)?;
+                    self.add_noise(family, x_down, down, sigma_next, up, noise)?
+                }
+                SamplerKind::Heun => {
+                    let frame = OdeFrame::new(family);
+                    if sigma_next == 0.0 || (sigma.is_infinite() && family != Family::Flow) {
+                        update::first_order(family, &x, &x0, sigma, sigma_next)?
+                    } else {
+                        let v = frame.velocity(&x0, &eps)?;
+                        let x_euler = frame.advance(&x, &v, sigma, sigma_next)?;
+                        let (x0_2, eps_2) = model.eval(&x_euler, sigma_next, i)?;
+                        let v_mean = ((v + frame.velocity(&x0_2, &eps_2)?)? * 0.5)?;
+                        frame.advance(&x, &v_mean, sigma, sigma_next)?
+                    }
+                }
+                SamplerKind::Dpmpp2s | SamplerKind::Dpmpp2sAncestral => {
+                    let (down, up) = update::ancestral_split(sigma, sigma_next, self.eta);
+                    let x_down = if down == 0.0 || sigma.is_infinite() {
+                        update::first_order(family, &x, &x0, sigma, down)?
+                    } else {
+                        let mid = (sigma * down).sqrt();
+                        let x_mid = update::first_order(family, &x, &x0, sigma, mid)?;
+                        let (x0_mid, _) = model.eval(&x_mid, mid, i)?;
+                        update::dpmpp_2s_second_stage(family, &x, &x0, &x0_mid, sigma, mid, down)?
+                    };
+                    self.add_noise(family, x_down, down, sigma_next, up, noise)?
+                }
+                SamplerKind::Dpmpp2m
+                | SamplerKind::Dpmpp3m
+                | SamplerKind::Dpmpp2mSde
+                | SamplerKind::Dpmpp3mSde => {
+                    // From pure noise (sigma = inf) lambda is -inf: the next steps' ratios r are
+                    // infinite and their difference terms vanish, so they fall back to lower order.
+                    history.insert(0, (x0.clone(), -sigma.ln()));
+                    history.truncate(self.kind.order());
+                    let order = self.step_order(i, steps);
+                    let params = MultistepParams {
+                        order,
+                        eta: self.eta,
+                        s_noise: self.s_noise,
+                        heun: self.heun_correction,
+                        taylor_exact_d2: self.taylor_exact_d2,
+                    };
+                    let z =
+                        if self.eta > 0.0 && sigma_next > 0.0 { Some(noise.sample_like(&x)?) } else { None };
+                    let refs: Vec<(&Tensor, f64)> = history.iter().map(|(m, l)| (m, *l)).collect();
+                    update::dpmpp_multistep(family, &x, &refs, sigma, sigma_next, params, z.as_ref())?
+                }
+            };
+            x = next;
+            on_step(&Step { index: i, steps, sigma, sigma_next, x: &x, denoised: &x0, nfe: model.nfe });
+        }
+        Ok(x)
+    }
+
+    /// The order a multistep solver uses at step `i` of `steps` (warm-up, `lower_order_final`).
+    fn step_order(&self, i: usize, steps: usize) -> usize {
+        let mut order = self.kind.order().min(i + 1);
+        if self.lower_order_final && steps < 15 {
+            if i + 1 == steps {
+                order = 1;
+            } else if i + 2 == steps {
+                order = order.min(2);
+            }
+        }
+        order
+    }
+
+    fn add_noise(
+        &self,
+        family: Family,
+        x_down: Tensor,
+        down: f64,
+        sigma_next: f64,
+        up: f64,
+        noise: &mut dyn NoiseSource,
+    ) -> Result<Tensor, SolverError> {
+        if up == 0.0 {
+            return Ok(x_down);
+        }
+        let z = noise.sample_like(&x_down)?;
+        Ok(update::renoise(family, &x_down, down, sigma_next, up * self.s_noise, &z)?)
+    }
+}
+
+/// Calls the model, converts its output to `(x0, eps)`, applies x0 processing, counts
+/// evaluations and turns NaN/Inf into an error naming the step.
+struct Evaluator<'a> {
+    model: &'a dyn Denoiser,
+    family: Family,
+    processing: X0Processing,
+    batch: usize,
+    nfe: usize,
+}
+
+impl<'a> Evaluator<'a> {
+    fn new(model: &'a dyn Denoiser, processing: X0Processing, batch: usize) -> Self {
+        Self { model, family: model.schedule().family(), processing, batch, nfe: 0 }
+    }
+
+    fn eval(&mut self, x: &Tensor, sigma: f64, step: usize) -> Result<(Tensor, Tensor), SolverError> {
+        let sigmas = vec![sigma; self.batch];
+        let out = self.model.predict(x, &sigmas)?;
+        self.nfe += 1;
+        if !all_finite(&out)? {
+            return Err(SolverError::NonFinite { step, sigma });
+        }
+        let (x0, eps) = to_x0_eps(self.model.parameterization(), self.family, x, &out, &sigmas)?;
+        if self.processing == X0Processing::None || sigma == 0.0 {
+            return Ok((x0, eps));
+        }
+        let x0 = process_x0(&x0, self.processing)?;
+        let (alpha, sg) = self.family.alpha_sigma(sigma);
+        let eps = update::axpby(1.0 / sg, x, -alpha / sg, &x0)?;
+        Ok((x0, eps))
+    }
+}
+
+/// Applies clipping or dynamic thresholding to a batch of x0 predictions.
+pub fn process_x0(x0: &Tensor, processing: X0Processing) -> candle_core::Result<Tensor> {
+    match processing {
+        X0Processing::None => Ok(x0.clone()),
+        X0Processing::Clip(c) => x0.clamp(-c, c),
+        X0Processing::DynamicThreshold { ratio, max } => {
+            let batch = x0.dim(0)?;
+            let flat = x0.flatten_from(1)?.to_dtype(candle_core::DType::F64)?.to_vec2::<f64>()?;
+            let q: Vec<f64> = flat.iter().map(|row| quantile_abs(row, ratio).clamp(1.0, max)).collect();
+            let mut shape = vec![batch];
+            shape.resize(x0.rank(), 1);
+            let q = Tensor::new(q, x0.device())?.to_dtype(x0.dtype())?.reshape(shape)?;
+            x0.broadcast_minimum(&q)?.broadcast_maximum(&q.neg()?)?.broadcast_div(&q)
+        }
+    }
+}
+
+/// torch.quantile's linear interpolation of `|row|` at `q`.
+fn quantile_abs(row: &[f64], q: f64) -> f64 {
+    let mut v: Vec<f64> = row.iter().map(|x| x.abs()).collect();
+    v.sort_by(f64::total_cmp);
+    let pos = q.clamp(0.0, 1.0) * (v.len() - 1) as f64;
+    let lo = pos.floor() as usize;
+    let hi = (lo + 1).min(v.len() - 1);
+    v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+}
