@@ -187,15 +187,21 @@ impl Sampler {
         }
     }
 
-    /// Model evaluations this sampler spends on `sigmas`.
-    pub fn nfe(&self, sigmas: &Sigmas) -> usize {
-        let s = sigmas.as_slice();
-        let two_stage =
-            matches!(self.kind, SamplerKind::Heun | SamplerKind::Dpmpp2s | SamplerKind::Dpmpp2sAncestral);
-        if !two_stage {
-            return sigmas.steps();
+    /// Model evaluations this sampler spends on `sigmas` for a model of `family`.
+    pub fn nfe(&self, family: Family, sigmas: &Sigmas) -> usize {
+        sigmas.as_slice().windows(2).map(|w| if self.two_stage(family, w[0], w[1]) { 2 } else { 1 }).sum()
+    }
+
+    /// Whether the step `sigma -> sigma_next` evaluates the model twice (Heun, 2S). A step to 0
+    /// is a pure x0 step, and a step from pure noise is first order except Heun in flow time.
+    fn two_stage(&self, family: Family, sigma: f64, sigma_next: f64) -> bool {
+        match self.kind {
+            SamplerKind::Heun => sigma_next > 0.0 && (sigma.is_finite() || family == Family::Flow),
+            SamplerKind::Dpmpp2s | SamplerKind::Dpmpp2sAncestral => {
+                update::ancestral_split(sigma, sigma_next, self.eta).0 > 0.0 && sigma.is_finite()
+            }
+            _ => false,
         }
-        s.windows(2).map(|w| if w[1] > 0.0 && w[0].is_finite() { 2 } else { 1 }).sum()
     }
 
     /// The initial state at the schedule's first sigma, `sigma(s_0) * noise`, shape `dims`.
@@ -244,7 +250,7 @@ impl Sampler {
                 }
                 SamplerKind::Heun => {
                     let frame = OdeFrame::new(family);
-                    if sigma_next == 0.0 || (sigma.is_infinite() && family != Family::Flow) {
+                    if !self.two_stage(family, sigma, sigma_next) {
                         update::first_order(family, &x, &x0, sigma, sigma_next)?
                     } else {
                         let v = frame.velocity(&x0, &eps)?;
@@ -256,7 +262,7 @@ impl Sampler {
                 }
                 SamplerKind::Dpmpp2s | SamplerKind::Dpmpp2sAncestral => {
                     let (down, up) = update::ancestral_split(sigma, sigma_next, self.eta);
-                    let x_down = if down == 0.0 || sigma.is_infinite() {
+                    let x_down = if !self.two_stage(family, sigma, sigma_next) {
                         update::first_order(family, &x, &x0, sigma, down)?
                     } else {
                         let mid = (sigma * down).sqrt();

@@ -150,7 +150,7 @@ impl DiscreteSchedule {
     pub fn t_at(&self, s: f64) -> f64 {
         let ls = s.ln();
         let last = self.len() - 1;
-        if !(ls > self.log_sigmas[0]) {
+        if ls.is_nan() || ls <= self.log_sigmas[0] {
             return 0.0;
         }
         if ls >= self.log_sigmas[last] {
