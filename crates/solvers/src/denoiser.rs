@@ -115,6 +115,31 @@ pub fn to_x0_eps(
     })
 }
 
+/// The data prediction `x0` alone (what every solver but Heun needs: one buffer fewer than
+/// [`to_x0_eps`]).
+pub fn to_x0(
+    param: Parameterization,
+    family: Family,
+    x: &Tensor,
+    out: &Tensor,
+    sigmas: &[f64],
+) -> Result<Tensor> {
+    let (alpha, sigma): (Vec<f64>, Vec<f64>) = sigmas.iter().map(|&s| family.alpha_sigma(s)).unzip();
+    let coeffs = |f: &dyn Fn(f64, f64) -> f64| -> Vec<f64> {
+        alpha.iter().zip(&sigma).map(|(&a, &s)| f(a, s)).collect()
+    };
+    match param {
+        Parameterization::X0 => Ok(out.clone()),
+        Parameterization::Epsilon => lincomb_rows(x, &coeffs(&|a, _| 1.0 / a), out, &coeffs(&|a, s| -s / a)),
+        Parameterization::V => {
+            lincomb_rows(x, &coeffs(&|a, s| a / (a * a + s * s)), out, &coeffs(&|a, s| -s / (a * a + s * s)))
+        }
+        Parameterization::FlowVelocity => {
+            lincomb_rows(x, &coeffs(&|a, s| 1.0 / (a + s)), out, &coeffs(&|a, s| -s / (a + s)))
+        }
+    }
+}
+
 /// The raw output a model of parameterization `param` would give for `(x0, eps)` at
 /// `(alpha, sigma)`: the inverse of [`to_x0_eps`], for models that compute `x0` directly
 /// (such as the exact Gaussian-mixture denoiser) but report another parameterization.

@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use candle_core::Tensor;
 
-use crate::denoiser::{all_finite, to_x0_eps, Denoiser};
+use crate::denoiser::{all_finite, to_x0, Denoiser};
 use crate::error::SolverError;
 use crate::noise::NoiseSource;
 use crate::schedule::Family;
@@ -240,7 +240,7 @@ impl Sampler {
         let mut history: Vec<(Tensor, f64)> = Vec::with_capacity(3);
         for i in 0..steps {
             let (sigma, sigma_next) = (s[i], s[i + 1]);
-            let (x0, eps) = model.eval(&x, sigma, i)?;
+            let x0 = model.eval(&x, sigma, i)?;
             let next = match self.kind {
                 SamplerKind::Euler => update::first_order(family, &x, &x0, sigma, sigma_next)?,
                 SamplerKind::EulerAncestral | SamplerKind::Ddim => {
@@ -253,10 +253,10 @@ impl Sampler {
                     if !self.two_stage(family, sigma, sigma_next) {
                         update::first_order(family, &x, &x0, sigma, sigma_next)?
                     } else {
-                        let v = frame.velocity(&x0, &eps)?;
+                        let v = frame.velocity(&x, &x0, sigma)?;
                         let x_euler = frame.advance(&x, &v, sigma, sigma_next)?;
-                        let (x0_2, eps_2) = model.eval(&x_euler, sigma_next, i)?;
-                        let v_mean = ((v + frame.velocity(&x0_2, &eps_2)?)? * 0.5)?;
+                        let x0_2 = model.eval(&x_euler, sigma_next, i)?;
+                        let v_mean = ((v + frame.velocity(&x_euler, &x0_2, sigma_next)?)? * 0.5)?;
                         frame.advance(&x, &v_mean, sigma, sigma_next)?
                     }
                 }
@@ -267,7 +267,7 @@ impl Sampler {
                     } else {
                         let mid = (sigma * down).sqrt();
                         let x_mid = update::first_order(family, &x, &x0, sigma, mid)?;
-                        let (x0_mid, _) = model.eval(&x_mid, mid, i)?;
+                        let x0_mid = model.eval(&x_mid, mid, i)?;
                         update::dpmpp_2s_second_stage(family, &x, &x0, &x0_mid, sigma, mid, down)?
                     };
                     self.add_noise(family, x_down, down, sigma_next, up, noise)?
@@ -345,21 +345,15 @@ impl<'a> Evaluator<'a> {
         Self { model, family: model.schedule().family(), processing, batch, nfe: 0 }
     }
 
-    fn eval(&mut self, x: &Tensor, sigma: f64, step: usize) -> Result<(Tensor, Tensor), SolverError> {
+    fn eval(&mut self, x: &Tensor, sigma: f64, step: usize) -> Result<Tensor, SolverError> {
         let sigmas = vec![sigma; self.batch];
         let out = self.model.predict(x, &sigmas)?;
         self.nfe += 1;
         if !all_finite(&out)? {
             return Err(SolverError::NonFinite { step, sigma });
         }
-        let (x0, eps) = to_x0_eps(self.model.parameterization(), self.family, x, &out, &sigmas)?;
-        if self.processing == X0Processing::None || sigma == 0.0 {
-            return Ok((x0, eps));
-        }
-        let x0 = process_x0(&x0, self.processing)?;
-        let (alpha, sg) = self.family.alpha_sigma(sigma);
-        let eps = update::axpby(1.0 / sg, x, -alpha / sg, &x0)?;
-        Ok((x0, eps))
+        let x0 = to_x0(self.model.parameterization(), self.family, x, &out, &sigmas)?;
+        Ok(process_x0(&x0, self.processing)?)
     }
 }
 

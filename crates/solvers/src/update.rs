@@ -183,11 +183,13 @@ impl OdeFrame {
         }
     }
 
-    /// `dy/dtau` from the predictions.
-    pub fn velocity(&self, x0: &Tensor, eps: &Tensor) -> Result<Tensor> {
+    /// `dy/dtau` at the native state `x` (noise level `s`) with data prediction `x0`:
+    /// `eps = (x - alpha x0) / sigma` for VP/VE, `eps - x0 = (x - x0) / sigma` for flow.
+    pub fn velocity(&self, x: &Tensor, x0: &Tensor, s: f64) -> Result<Tensor> {
+        let (alpha, sigma) = self.family.alpha_sigma(s);
         match self.family {
-            Family::Flow => eps - x0,
-            Family::Vp | Family::Ve => Ok(eps.clone()),
+            Family::Flow => axpby(1.0 / sigma, x, -1.0 / sigma, x0),
+            Family::Vp | Family::Ve => axpby(1.0 / sigma, x, -alpha / sigma, x0),
         }
     }
 
