@@ -71,6 +71,10 @@ pub(crate) fn scale_rows(x: &Tensor, coeffs: &[f64]) -> Result<Tensor> {
 
 /// `a * x + b * y`, per sample.
 pub(crate) fn lincomb_rows(x: &Tensor, a: &[f64], y: &Tensor, b: &[f64]) -> Result<Tensor> {
+    let uniform = |c: &[f64]| c.windows(2).all(|w| w[0] == w[1]);
+    if uniform(a) && uniform(b) {
+        return crate::update::lincomb(&[(a[0], x), (b[0], y)]);
+    }
     scale_rows(x, a)? + scale_rows(y, b)?
 }
 
@@ -165,8 +169,9 @@ pub fn from_x0_eps(
     }
 }
 
-/// Whether every element of `t` is finite (one reduction).
+/// Whether every element of `t` is finite: one reduction, no latent-sized temporary (NaN and
+/// Inf propagate through the sum; finite latents do not overflow it).
 pub(crate) fn all_finite(t: &Tensor) -> Result<bool> {
-    let total = t.abs()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    let total = t.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     Ok(total.is_finite())
 }

@@ -40,6 +40,7 @@
 //! assert!(max_err < 1e-5);
 //! ```
 
+pub mod adaptive;
 pub mod denoiser;
 pub mod error;
 pub mod noise;

@@ -245,32 +245,40 @@ impl Sampler {
                 SamplerKind::Euler => update::first_order(family, &x, &x0, sigma, sigma_next)?,
                 SamplerKind::EulerAncestral | SamplerKind::Ddim => {
                     let (down, up) = update::ancestral_split(sigma, sigma_next, self.eta);
-                    let x_down = update::first_order(family, &x, &x0, sigma, down)?;
-                    self.add_noise(family, x_down, down, sigma_next, up, noise)?
+                    let z = self.draw(noise, &x, up)?;
+                    let noise = z.as_ref().map(|z| (up * self.s_noise, z));
+                    update::ancestral_step(family, &x, &[(1.0, &x0)], sigma, (down, sigma_next), noise)?
                 }
                 SamplerKind::Heun => {
-                    let frame = OdeFrame::new(family);
-                    if !self.two_stage(family, sigma, sigma_next) {
-                        update::first_order(family, &x, &x0, sigma, sigma_next)?
+                    if self.two_stage(family, sigma, sigma_next) {
+                        let frame = OdeFrame::new(family);
+                        let x_euler = frame.euler(&x, &x0, sigma, sigma_next)?;
+                        let x0_euler = model.eval(&x_euler, sigma_next, i)?;
+                        drop(x_euler);
+                        frame.heun(&x, &x0, &x0_euler, sigma, sigma_next)?
                     } else {
-                        let v = frame.velocity(&x, &x0, sigma)?;
-                        let x_euler = frame.advance(&x, &v, sigma, sigma_next)?;
-                        let x0_2 = model.eval(&x_euler, sigma_next, i)?;
-                        let v_mean = ((v + frame.velocity(&x_euler, &x0_2, sigma_next)?)? * 0.5)?;
-                        frame.advance(&x, &v_mean, sigma, sigma_next)?
+                        update::first_order(family, &x, &x0, sigma, sigma_next)?
                     }
                 }
                 SamplerKind::Dpmpp2s | SamplerKind::Dpmpp2sAncestral => {
                     let (down, up) = update::ancestral_split(sigma, sigma_next, self.eta);
-                    let x_down = if !self.two_stage(family, sigma, sigma_next) {
-                        update::first_order(family, &x, &x0, sigma, down)?
-                    } else {
+                    let x0_mid = if self.two_stage(family, sigma, sigma_next) {
                         let mid = (sigma * down).sqrt();
                         let x_mid = update::first_order(family, &x, &x0, sigma, mid)?;
-                        let x0_mid = model.eval(&x_mid, mid, i)?;
-                        update::dpmpp_2s_second_stage(family, &x, &x0, &x0_mid, sigma, mid, down)?
+                        Some((mid, model.eval(&x_mid, mid, i)?))
+                    } else {
+                        None
                     };
-                    self.add_noise(family, x_down, down, sigma_next, up, noise)?
+                    let prediction = match &x0_mid {
+                        Some((mid, x0_mid)) => {
+                            let (w0, w_mid) = update::dpmpp_2s_weights(sigma, *mid, down);
+                            vec![(w0, &x0), (w_mid, x0_mid)]
+                        }
+                        None => vec![(1.0, &x0)],
+                    };
+                    let z = self.draw(noise, &x, up)?;
+                    let noise = z.as_ref().map(|z| (up * self.s_noise, z));
+                    update::ancestral_step(family, &x, &prediction, sigma, (down, sigma_next), noise)?
                 }
                 SamplerKind::Dpmpp2m
                 | SamplerKind::Dpmpp3m
@@ -288,8 +296,7 @@ impl Sampler {
                         heun: self.heun_correction,
                         taylor_exact_d2: self.taylor_exact_d2,
                     };
-                    let z =
-                        if self.eta > 0.0 && sigma_next > 0.0 { Some(noise.sample_like(&x)?) } else { None };
+                    let z = self.draw(noise, &x, if sigma_next > 0.0 { self.eta } else { 0.0 })?;
                     let refs: Vec<(&Tensor, f64)> = history.iter().map(|(m, l)| (m, *l)).collect();
                     update::dpmpp_multistep(family, &x, &refs, sigma, sigma_next, params, z.as_ref())?
                 }
@@ -313,20 +320,14 @@ impl Sampler {
         order
     }
 
-    fn add_noise(
+    /// Noise for a step whose injected scale is `scale` (none drawn when it is 0).
+    fn draw(
         &self,
-        family: Family,
-        x_down: Tensor,
-        down: f64,
-        sigma_next: f64,
-        up: f64,
         noise: &mut dyn NoiseSource,
-    ) -> Result<Tensor, SolverError> {
-        if up == 0.0 {
-            return Ok(x_down);
-        }
-        let z = noise.sample_like(&x_down)?;
-        Ok(update::renoise(family, &x_down, down, sigma_next, up * self.s_noise, &z)?)
+        like: &Tensor,
+        scale: f64,
+    ) -> Result<Option<Tensor>, SolverError> {
+        Ok(if scale > 0.0 { Some(noise.sample_like(like)?) } else { None })
     }
 }
 

@@ -3,14 +3,72 @@
 //! They are public so a test (or a user) can replay a reference step by step. Notation as in
 //! DPM-Solver++ (Lu et al. 2022): `s` is the k-diffusion sigma, `lambda = -ln s` the log-SNR,
 //! `h = lambda_next - lambda`, `m_i` the data (x0) predictions, newest first.
+//!
+//! Every update is a linear combination of the state, the model's predictions and the noise,
+//! so each rule works out its scalar coefficients and then makes one pass over the latent
+//! ([`lincomb`]): one output buffer per step, and no latent-sized temporaries.
 
-use candle_core::{Result, Tensor};
+use candle_core::{CpuStorage, DType, Result, Storage, Tensor};
 
 use crate::schedule::Family;
 
-/// `a x + b y` (scalar coefficients).
+/// `sum_i c_i t_i` for tensors of one shape, in one pass with a single output buffer on
+/// contiguous CPU f32/f64 tensors, and as a chain of candle ops elsewhere.
+pub fn lincomb(terms: &[(f64, &Tensor)]) -> Result<Tensor> {
+    let Some((_, first)) = terms.first() else {
+        candle_core::bail!("lincomb of no terms");
+    };
+    match lincomb_cpu(terms)? {
+        Some(CpuStorage::F32(out)) => return Tensor::from_vec(out, first.shape(), first.device()),
+        Some(CpuStorage::F64(out)) => return Tensor::from_vec(out, first.shape(), first.device()),
+        _ => {}
+    }
+    let mut acc = first.affine(terms[0].0, 0.0)?;
+    for (c, t) in &terms[1..] {
+        acc = (acc + t.affine(*c, 0.0)?)?;
+    }
+    Ok(acc)
+}
+
+/// The fused CPU kernel (None when a term is not a contiguous CPU f32/f64 tensor).
+fn lincomb_cpu(terms: &[(f64, &Tensor)]) -> Result<Option<CpuStorage>> {
+    let first = terms[0].1;
+    if !first.device().is_cpu()
+        || terms.iter().any(|(_, t)| t.dtype() != first.dtype() || t.shape() != first.shape())
+    {
+        return Ok(None);
+    }
+    let guards: Vec<_> = terms.iter().map(|(_, t)| t.storage_and_layout()).collect();
+    macro_rules! fused {
+        ($ty:ty, $variant:ident) => {{
+            let mut slices: Vec<(f64, &[$ty])> = Vec::with_capacity(terms.len());
+            for ((c, _), (storage, layout)) in terms.iter().zip(&guards) {
+                let (Storage::Cpu(CpuStorage::$variant(data)), Some((start, end))) =
+                    (&**storage, layout.contiguous_offsets())
+                else {
+                    return Ok(None);
+                };
+                slices.push((*c, &data[start..end]));
+            }
+            let n = slices[0].1.len();
+            let mut out: Vec<$ty> = vec![0.0; n];
+            for (c, data) in &slices {
+                let c = *c as $ty;
+                out.iter_mut().zip(data.iter()).for_each(|(o, v)| *o += c * v);
+            }
+            Ok(Some(CpuStorage::$variant(out)))
+        }};
+    }
+    match first.dtype() {
+        DType::F32 => fused!(f32, F32),
+        DType::F64 => fused!(f64, F64),
+        _ => Ok(None),
+    }
+}
+
+/// `a x + b y`.
 pub fn axpby(a: f64, x: &Tensor, b: f64, y: &Tensor) -> Result<Tensor> {
-    x.affine(a, 0.0)? + y.affine(b, 0.0)?
+    lincomb(&[(a, x), (b, y)])
 }
 
 /// `e^{-h} = s_next / s`, exact when `s = inf` (gives 0).
@@ -22,6 +80,17 @@ fn decay(s: f64, s_next: f64) -> f64 {
     }
 }
 
+/// Coefficients `(c_x, c_d)` of the first-order step `x' = c_x x + c_d D` from `s` to `s_next`
+/// with data prediction `D`: `c_x = sigma'/sigma`, `c_d = alpha' (1 - e^{-h})`.
+fn first_order_coeffs(family: Family, s: f64, s_next: f64) -> (f64, f64) {
+    if s_next == 0.0 {
+        return (0.0, 1.0);
+    }
+    let (_, sg) = family.alpha_sigma(s);
+    let (a1, sg1) = family.alpha_sigma(s_next);
+    (sg1 / sg, a1 * (1.0 - decay(s, s_next)))
+}
+
 /// First-order step from `s` to `s_next` with data prediction `x0`: DDIM (eta 0) =
 /// DPM-Solver++(1) = Euler in k-diffusion coordinates:
 /// `x' = (sigma'/sigma) x + alpha' (1 - e^{-h}) x0`. A step to `s_next = 0` returns `x0`.
@@ -29,9 +98,8 @@ pub fn first_order(family: Family, x: &Tensor, x0: &Tensor, s: f64, s_next: f64)
     if s_next == 0.0 {
         return Ok(x0.clone());
     }
-    let (_, sg) = family.alpha_sigma(s);
-    let (a1, sg1) = family.alpha_sigma(s_next);
-    axpby(sg1 / sg, x, a1 * (1.0 - decay(s, s_next)), x0)
+    let (cx, cd) = first_order_coeffs(family, s, s_next);
+    lincomb(&[(cx, x), (cd, x0)])
 }
 
 /// The ancestral split of a step `s -> s_next` (k-diffusion `get_ancestral_step`, in sigma units):
@@ -47,19 +115,32 @@ pub fn ancestral_split(s: f64, s_next: f64, eta: f64) -> (f64, f64) {
     (down, up)
 }
 
-/// Adds noise of k-diffusion scale `sigma_up` to a state at `s_down`, giving a state at
-/// `s_next` (`sqrt(s_down^2 + sigma_up^2)`): `x' = alpha' (x / alpha_down + sigma_up z)`.
-pub fn renoise(
+/// An ancestral step: the first-order step to `sigma_down` with the data prediction
+/// `D = sum w_j m_j` (`x0` for DDIM / Euler ancestral, the 2S combination for DPM-Solver++(2S)),
+/// then noise `z` of k-diffusion scale `sigma_up` (already multiplied by `s_noise`), rescaled to
+/// the native space at `s_next`: `x' = alpha' (x_down / alpha_down + sigma_up z)`.
+pub fn ancestral_step(
     family: Family,
     x: &Tensor,
-    s_down: f64,
-    s_next: f64,
-    sigma_up: f64,
-    z: &Tensor,
+    prediction: &[(f64, &Tensor)],
+    s: f64,
+    (s_down, s_next): (f64, f64),
+    noise: Option<(f64, &Tensor)>,
 ) -> Result<Tensor> {
-    let (a_down, _) = family.alpha_sigma(s_down);
-    let (a1, _) = family.alpha_sigma(s_next);
-    axpby(a1 / a_down, x, a1 * sigma_up, z)
+    let (cx, cd) = first_order_coeffs(family, s, s_down);
+    let scale = match noise {
+        Some(_) => family.alpha(s_next) / family.alpha(s_down),
+        None => 1.0,
+    };
+    let mut terms = vec![(scale * cx, x)];
+    terms.extend(prediction.iter().map(|(w, m)| (scale * cd * w, *m)));
+    if let Some((sigma_up, z)) = noise {
+        terms.push((family.alpha(s_next) * sigma_up, z));
+    }
+    if cx == 0.0 {
+        terms.remove(0);
+    }
+    lincomb(&terms)
 }
 
 /// Options of the multistep DPM-Solver++ family ([`dpmpp_multistep`]).
@@ -84,7 +165,9 @@ pub struct MultistepParams {
 /// `min(order, history.len())` of them. With `H = (1 + eta) h`:
 /// `x' = (sigma'/sigma) e^{-eta h} x + alpha' [phi1 D0 + phi2 D1 - phi3 D2] + sigma' sqrt(1 - e^{-2 eta h}) z`,
 /// `phi1 = 1 - e^{-H}`, `phi2 = 1 - phi1 / H`, `phi3 = phi2 / H - 1/2`; the midpoint variant uses
-/// `phi1 / 2` for the order-2 term.
+/// `phi1 / 2` for the order-2 term. `D0 = m0`; order 2: `D1 = (m0 - m1) / r`; order 3:
+/// `D1 = d1_0 + r0/(r0 + r1) (d1_0 - d1_1)`, `D2 = (d1_0 - d1_1)/(r0 + r1)` with
+/// `d1_0 = (m0 - m1)/r0`, `d1_1 = (m1 - m2)/r1`, `r_i = h_i / h`.
 pub fn dpmpp_multistep(
     family: Family,
     x: &Tensor,
@@ -107,44 +190,51 @@ pub fn dpmpp_multistep(
     let big_h = h + eta_h;
     let phi1 = -(-big_h).exp_m1();
     let phi2 = 1.0 - phi1 / big_h;
-    let mut out = axpby(sg1 / sg * (-eta_h).exp(), x, a1 * phi1, m0)?;
+    // Coefficients of the data predictions m0, m1, m2.
+    let mut c = [a1 * phi1, 0.0, 0.0];
     match params.order.min(history.len()) {
         1 => {}
         2 => {
-            let (m1, lambda1) = history[1];
-            let r = (lambda - lambda1) / h;
-            let d = (m0 - m1)?.affine(1.0 / r, 0.0)?;
-            let c = if params.heun { phi2 } else { 0.5 * phi1 };
-            out = (out + d.affine(a1 * c, 0.0)?)?;
+            let r = (lambda - history[1].1) / h;
+            let k = a1 * if params.heun { phi2 } else { 0.5 * phi1 } / r;
+            c[0] += k;
+            c[1] -= k;
         }
         _ => {
-            let ((m1, lambda1), (m2, lambda2)) = (history[1], history[2]);
-            let r0 = (lambda - lambda1) / h;
-            let r1 = (lambda1 - lambda2) / h;
-            let d1_0 = (m0 - m1)?.affine(1.0 / r0, 0.0)?;
-            let d1_1 = (m1 - m2)?.affine(1.0 / r1, 0.0)?;
-            let diff = (&d1_0 - &d1_1)?;
-            let d1 = (d1_0 + diff.affine(r0 / (r0 + r1), 0.0)?)?;
-            let d2 = diff.affine(1.0 / (r0 + r1), 0.0)?;
+            let (lambda1, lambda2) = (history[1].1, history[2].1);
+            let (r0, r1) = ((lambda - lambda1) / h, (lambda1 - lambda2) / h);
+            let d1_0 = [1.0 / r0, -1.0 / r0, 0.0];
+            let d1_1 = [0.0, 1.0 / r1, -1.0 / r1];
             let phi3 = phi2 / big_h - 0.5;
             let c2 = if params.taylor_exact_d2 { 2.0 * phi3 } else { phi3 };
-            out = (out + axpby(a1 * phi2, &d1, -a1 * c2, &d2)?)?;
+            for j in 0..3 {
+                let diff = d1_0[j] - d1_1[j];
+                let d1 = d1_0[j] + diff * r0 / (r0 + r1);
+                let d2 = diff / (r0 + r1);
+                c[j] += a1 * (phi2 * d1 - c2 * d2);
+            }
         }
     }
-    match z {
-        Some(z) if params.eta > 0.0 => {
-            let scale = sg1 * (-(-2.0 * eta_h).exp_m1()).sqrt() * params.s_noise;
-            out + z.affine(scale, 0.0)?
-        }
-        _ => Ok(out),
+    let mut terms = vec![(sg1 / sg * (-eta_h).exp(), x)];
+    terms.extend(history.iter().zip(c).filter(|(_, cj)| *cj != 0.0).map(|((m, _), cj)| (cj, *m)));
+    if let (Some(z), true) = (z, params.eta > 0.0) {
+        terms.push((sg1 * (-(-2.0 * eta_h).exp_m1()).sqrt() * params.s_noise, z));
     }
+    lincomb(&terms)
 }
 
-/// The second stage of a singlestep DPM-Solver++(2) step from `s` to `s_next` through the
-/// intermediate level `s_mid` (k-diffusion's `dpmpp_2s`: the log-SNR midpoint; diffusers'
-/// singlestep scheduler: the schedule's own intermediate entry). `x0` and `x0_mid` are the data
-/// predictions at `s` and at the intermediate state. With `r = (lambda_mid - lambda) / h`:
-/// `x' = (sigma'/sigma) x + alpha' (1 - e^{-h}) (x0 + (x0_mid - x0) / (2 r))`.
+/// The weights `(w0, w_mid)` of the second stage of a singlestep DPM-Solver++(2) step from `s`
+/// to `s_next` through the intermediate level `s_mid`: with `r = (lambda_mid - lambda) / h`,
+/// `D = x0 + (x0_mid - x0) / (2 r)`.
+pub fn dpmpp_2s_weights(s: f64, s_mid: f64, s_next: f64) -> (f64, f64) {
+    let r = (s.ln() - s_mid.ln()) / (s.ln() - s_next.ln());
+    let w = 1.0 / (2.0 * r);
+    (1.0 - w, w)
+}
+
+/// The second stage of a singlestep DPM-Solver++(2) step (k-diffusion's `dpmpp_2s`: `s_mid`
+/// the log-SNR midpoint; diffusers' singlestep scheduler: the schedule's own intermediate
+/// entry): `x' = (sigma'/sigma) x + alpha' (1 - e^{-h}) D`, `D` from [`dpmpp_2s_weights`].
 pub fn dpmpp_2s_second_stage(
     family: Family,
     x: &Tensor,
@@ -154,17 +244,15 @@ pub fn dpmpp_2s_second_stage(
     s_mid: f64,
     s_next: f64,
 ) -> Result<Tensor> {
-    let r = (s.ln() - s_mid.ln()) / (s.ln() - s_next.ln());
-    let w = 1.0 / (2.0 * r);
-    let d = axpby(1.0 - w, x0, w, x0_mid)?;
-    first_order(family, x, &d, s, s_next)
+    let (w0, w_mid) = dpmpp_2s_weights(s, s_mid, s_next);
+    ancestral_step(family, x, &[(w0, x0), (w_mid, x0_mid)], s, (s_next, s_next), None)
 }
 
 /// The coordinates in which Euler and Heun integrate the probability-flow ODE: `y = x / c(s)`
-/// against time `tau(s)`, with velocity `dy/dtau = a x0 + b eps`. VP and VE use k-diffusion's
-/// (`y = x / alpha`, `tau = s`, velocity `eps`: EDM, diffusers' Euler/Heun schedulers); flow
-/// models their own (`y = x`, `tau = t`, velocity `eps - x0`: diffusers' FlowMatch schedulers).
-/// Both give the same Euler step; Heun differs.
+/// against time `tau(s)`. VP and VE use k-diffusion's (`y = x / alpha`, `tau = s`, velocity
+/// `eps`: EDM, diffusers' Euler/Heun schedulers); flow models their own (`y = x`, `tau = t`,
+/// velocity `eps - x0`: diffusers' FlowMatch schedulers). Both give the same Euler step; Heun
+/// differs.
 #[derive(Debug, Clone, Copy)]
 pub struct OdeFrame {
     family: Family,
@@ -183,20 +271,39 @@ impl OdeFrame {
         }
     }
 
-    /// `dy/dtau` at the native state `x` (noise level `s`) with data prediction `x0`:
+    /// The velocity `dy/dtau = p x + q x0` at noise level `s`, as `(p, q)`:
     /// `eps = (x - alpha x0) / sigma` for VP/VE, `eps - x0 = (x - x0) / sigma` for flow.
-    pub fn velocity(&self, x: &Tensor, x0: &Tensor, s: f64) -> Result<Tensor> {
+    pub fn velocity(&self, s: f64) -> (f64, f64) {
         let (alpha, sigma) = self.family.alpha_sigma(s);
         match self.family {
-            Family::Flow => axpby(1.0 / sigma, x, -1.0 / sigma, x0),
-            Family::Vp | Family::Ve => axpby(1.0 / sigma, x, -alpha / sigma, x0),
+            Family::Flow => (1.0 / sigma, -1.0 / sigma),
+            Family::Vp | Family::Ve => (1.0 / sigma, -alpha / sigma),
         }
     }
 
-    /// `x'` after moving `y` along `velocity` from `s` to `s_next`.
-    pub fn advance(&self, x: &Tensor, velocity: &Tensor, s: f64, s_next: f64) -> Result<Tensor> {
+    /// `(c'/c, c' (tau' - tau))`: moving `y` along velocity `v` gives `x' = a x + b v`.
+    pub fn advance(&self, s: f64, s_next: f64) -> (f64, f64) {
         let (c, tau) = self.coords(s);
         let (c1, tau1) = self.coords(s_next);
-        axpby(c1 / c, x, c1 * (tau1 - tau), velocity)
+        (c1 / c, c1 * (tau1 - tau))
+    }
+
+    /// The Euler predictor of a Heun step: `x_e = a x + b v(x, x0)`.
+    pub fn euler(&self, x: &Tensor, x0: &Tensor, s: f64, s_next: f64) -> Result<Tensor> {
+        let (a, b) = self.advance(s, s_next);
+        let (p, q) = self.velocity(s);
+        lincomb(&[(a + b * p, x), (b * q, x0)])
+    }
+
+    /// The Heun corrector (EDM's 2nd order): `x' = a x + b (v(x, x0) + v(x_e, x0_e)) / 2`, with
+    /// the Euler predictor `x_e` expanded in `x` and `x0` so it need not stay alive.
+    pub fn heun(&self, x: &Tensor, x0: &Tensor, x0_euler: &Tensor, s: f64, s_next: f64) -> Result<Tensor> {
+        let (a, b) = self.advance(s, s_next);
+        let (p0, q0) = self.velocity(s);
+        let (p1, q1) = self.velocity(s_next);
+        // x_e = (a + b p0) x + b q0 x0;  v1 = p1 x_e + q1 x0_e
+        let (ex, e0) = (a + b * p0, b * q0);
+        let half = 0.5 * b;
+        lincomb(&[(a + half * (p0 + p1 * ex), x), (half * (q0 + p1 * e0), x0), (half * q1, x0_euler)])
     }
 }
