@@ -277,21 +277,24 @@ fn check(ok: bool, what: &str) -> Result<(), SolverError> {
     }
 }
 
-/// Index of the first sample holding NaN or Inf (rows summed in f64).
+/// A small tensor's values on the host as f64 (Metal has no f64: reduce first, convert after).
+fn host_f64(t: &Tensor) -> candle_core::Result<Vec<f64>> {
+    t.to_device(&Device::Cpu)?.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()
+}
+
+/// Index of the first sample holding NaN or Inf (a per-row sum of |x| propagates both).
 fn first_nonfinite_row(t: &Tensor) -> candle_core::Result<Option<usize>> {
-    let sums = t.flatten_from(1)?.to_dtype(DType::F64)?.abs()?.sum(1)?.to_vec1::<f64>()?;
+    let sums = host_f64(&t.flatten_from(1)?.abs()?.sum(1)?)?;
     Ok(sums.iter().position(|v| !v.is_finite()))
 }
 
 /// The norm of each sample of `e`.
 fn row_norms(e: &Tensor, norm: ErrorNorm) -> candle_core::Result<Vec<f64>> {
-    let flat = e.flatten_from(1)?.to_dtype(DType::F64)?;
+    let flat = e.flatten_from(1)?;
     let n = flat.dim(1)? as f64;
     Ok(match norm {
-        ErrorNorm::L2Scaled => {
-            flat.sqr()?.sum(1)?.to_vec1::<f64>()?.into_iter().map(|v| (v / n).sqrt()).collect()
-        }
-        ErrorNorm::Linf => flat.abs()?.max(1)?.to_vec1::<f64>()?,
+        ErrorNorm::L2Scaled => host_f64(&flat.sqr()?.sum(1)?)?.into_iter().map(|v| (v / n).sqrt()).collect(),
+        ErrorNorm::Linf => host_f64(&flat.abs()?.max(1)?)?,
     })
 }
 
@@ -764,8 +767,7 @@ impl DpmAdaptive {
             let (y_low, y_high) = self.pair(&mut m, &y, &eps, lambda, lambda_down, iteration)?;
             let delta = mixed_tolerance(&y_low, &y_prev, self.rtol, self.atol)?;
             let ratio = ((&y_low - &y_high)? / delta)?;
-            let error =
-                ratio.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt() / numel.sqrt();
+            let error = host_f64(&ratio.sqr()?.sum_all()?)?[0].sqrt() / numel.sqrt();
             if !error.is_finite() {
                 return Err(SolverError::NonFinite { step: iteration, sigma: sigma_of(lambda) });
             }

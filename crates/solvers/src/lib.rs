@@ -2,7 +2,7 @@
 //!
 //! Everything a diffusion sampler needs except the model: noise schedules, step schedules,
 //! seeded noise and the ODE/SDE solvers (Euler, Heun, DDIM, DPM-Solver++ multistep,
-//! singlestep and SDE), on [candle](https://github.com/huggingface/candle) tensors (CPU,
+//! singlestep and SDE) and two adaptive-step solvers (`adaptive_sde`, `dpm_adaptive`), on [candle](https://github.com/huggingface/candle) tensors (CPU,
 //! CUDA, Metal; f32, or f64 for reference work).
 //!
 //! Three contracts:
@@ -50,6 +50,7 @@ pub mod schedule;
 pub mod sigmas;
 pub mod update;
 
+pub use adaptive::{AdaptiveSampler, AdaptiveSde, AdaptiveStats, AdaptiveStep, DpmAdaptive, ErrorNorm};
 pub use denoiser::{from_x0_eps, to_x0_eps, Denoiser, Parameterization};
 pub use error::{ScheduleError, SolverError};
 pub use noise::{NoiseSource, ReplayNoise, TorchNoise};
