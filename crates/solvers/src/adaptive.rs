@@ -911,8 +911,12 @@ impl AdaptiveSampler {
     /// models start at `t = 1 - 1e-3` rather than at pure noise (`s = inf`).
     pub fn sigma_range(schedule: &NoiseSchedule) -> (f64, f64) {
         let hi = schedule.sigma_max();
-        let hi = if hi.is_finite() { hi } else { schedule.sigma_at(schedule.t_range().1 - 1e-3) };
-        (hi, schedule.sigma_min())
+        let (t_min, t_max) = schedule.t_range();
+        let hi = if hi.is_finite() { hi } else { schedule.sigma_at(t_max - 1e-3) };
+        // Flow reaches sigma 0 at t = 0: stop at t = 1e-3, as diffusers' flow schedules do.
+        let lo = schedule.sigma_min();
+        let lo = if lo > 0.0 { lo } else { schedule.sigma_at(t_min + 1e-3) };
+        (hi, lo)
     }
 
     /// The initial state at `sigma_max`: `sigma(sigma_max) z`, shape `dims`.

@@ -205,14 +205,14 @@ impl NoiseSchedule {
         }
     }
 
-    /// The time range `(t_min, t_max)` the model was trained on (continuous VP stops at 1e-3,
-    /// flow at diffusers' 1/1000).
+    /// The time range `(t_min, t_max)` the model was trained on (continuous VP stops at 1e-3;
+    /// flow runs from pure noise, t = 1, to data, t = 0).
     pub fn t_range(&self) -> (f64, f64) {
         match self {
             NoiseSchedule::Discrete(d) => (0.0, (d.len() - 1) as f64),
             NoiseSchedule::ContinuousVp { .. } => (1e-3, 1.0),
             NoiseSchedule::Ve { sigma_min, sigma_max } => (*sigma_min, *sigma_max),
-            NoiseSchedule::Flow { .. } => (1e-3, 1.0),
+            NoiseSchedule::Flow { .. } => (0.0, 1.0),
         }
     }
 

@@ -143,7 +143,7 @@ impl AysModel {
 /// How to place `n` steps. The names are the community's (`--scheduler`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Scheduler {
-    /// Uniform in the schedule's own time, then 0.
+    /// Uniform in the schedule's own time, then 0 (flow: `t = 1, 1 - 1/n, ..., 0`).
     Uniform,
     /// diffusers `timestep_spacing="linspace"` (DDIM's: `round(linspace(0, T-1, n))`), discrete models.
     Linspace,
@@ -218,6 +218,10 @@ impl Scheduler {
         let mut sigmas: Vec<f64> = match *self {
             Scheduler::Uniform => {
                 let (t_min, t_max) = schedule.t_range();
+                if schedule.sigma_at(t_min) == 0.0 {
+                    // The time range reaches the data (flow): the last point is already sigma 0.
+                    return Sigmas::new(linspace(t_max, t_min, steps + 1).map(|t| schedule.sigma_at(t)).collect());
+                }
                 linspace(t_max, t_min, steps).map(|t| schedule.sigma_at(t)).collect()
             }
             Scheduler::Linspace | Scheduler::Leading { .. } | Scheduler::Trailing => {
