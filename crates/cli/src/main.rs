@@ -2,7 +2,10 @@
 
 mod alloc;
 mod bench;
+mod device;
+mod eval;
 mod plot;
+mod train_base;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -22,6 +25,10 @@ enum Command {
     /// Benchmarks that print tables (and write plots to assets/).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// ShapesEval pass rates of the bundled model on held-out prompts, per step count.
+    Eval(eval::Args),
+    /// Train the bundled tiny-shapes model (resumable; checkpoints every few minutes).
+    TrainBase(train_base::Args),
 }
 
 fn main() {
@@ -34,5 +41,7 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Bench(command) => bench::run(command),
+        Command::TrainBase(args) => train_base::run(args),
+        Command::Eval(args) => eval::run(args),
     }
 }

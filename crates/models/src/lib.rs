@@ -4,5 +4,7 @@
 //! model that every solver test and benchmark uses.
 
 pub mod gmm;
+pub mod tiny_shapes;
 
 pub use gmm::{GaussianMixture, MixtureError};
+pub use tiny_shapes::{ModelError, TinyShapes};

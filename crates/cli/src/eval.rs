@@ -1,0 +1,199 @@
+//! `stride eval`: ShapesEval pass rates of the bundled model on held-out prompts.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use stride_models::TinyShapes;
+use stride_shapes::{check, Attribute, Image32, Prompt, World};
+use stride_solvers::{Denoiser, Sampler, Scheduler, TorchNoise};
+
+use crate::device::DeviceArg;
+
+#[derive(clap::Args)]
+#[command(after_help = "Examples:
+  stride eval                                   # 500 held-out prompts at 50, 20, 10 and 5 steps
+  stride eval --steps 50 --limit 100            # a quicker look
+  stride eval --write-heldout models/tiny-shapes/heldout_prompts.txt")]
+pub struct Args {
+    /// Model folder (config.json, tokenizer.json, model.safetensors).
+    #[arg(long, default_value = "models/tiny-shapes")]
+    model_dir: PathBuf,
+    /// Held-out prompts, one a line (never seen in training).
+    #[arg(long, default_value = "models/tiny-shapes/heldout_prompts.txt")]
+    prompts: PathBuf,
+    /// Write the 500 held-out prompts of the shapes world (seed 0) to this file and exit.
+    #[arg(long)]
+    write_heldout: Option<PathBuf>,
+    /// Use only the first N prompts.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Step counts to evaluate.
+    #[arg(long, value_delimiter = ',', default_value = "50,20,10,5")]
+    steps: Vec<usize>,
+    #[arg(long, default_value = "dpmpp_2m")]
+    sampler: String,
+    #[arg(long, default_value = "uniform")]
+    scheduler: String,
+    #[arg(long, default_value_t = 3.0)]
+    cfg_scale: f64,
+    /// Prompt i is sampled with seed `seed + i`.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 50)]
+    batch_size: usize,
+    /// Grid of the first 64 samples at the first step count.
+    #[arg(long, default_value = "assets/tiny_shapes_grid.png")]
+    grid: PathBuf,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    device: DeviceArg,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if let Some(path) = &args.write_heldout {
+        let prompts = World::new(0).heldout_prompts(500);
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        stride_shapes::write_prompts(path, &prompts)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {} held-out prompts to {}", prompts.len(), path.display());
+        return Ok(());
+    }
+    anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
+    anyhow::ensure!(args.steps.iter().all(|s| *s > 0), "--steps must be at least 1");
+    let device = args.device.open()?;
+    let model = TinyShapes::load(&args.model_dir, &device)
+        .with_context(|| format!("loading the model from {}", args.model_dir.display()))?;
+    let mut prompts = stride_shapes::read_prompts(&args.prompts).with_context(|| {
+        format!("reading prompts from {} (make it with --write-heldout)", args.prompts.display())
+    })?;
+    prompts.truncate(args.limit.unwrap_or(usize::MAX));
+    anyhow::ensure!(!prompts.is_empty(), "no prompts in {}", args.prompts.display());
+    let sampler: Sampler = args.sampler.parse()?;
+    let scheduler: Scheduler = args.scheduler.parse()?;
+    println!(
+        "ShapesEval on {} held-out prompts ({}), {} + {}, cfg {}, one seed each",
+        prompts.len(),
+        args.prompts.display(),
+        args.sampler,
+        args.scheduler,
+        args.cfg_scale
+    );
+    for (k, &steps) in args.steps.iter().enumerate() {
+        let images = generate(&model, &prompts, &sampler, &scheduler, steps, &args, &device)?;
+        if k == 0 {
+            write_grid(&args.grid, &images[..images.len().min(64)])?;
+        }
+        report(steps, &prompts, &images);
+    }
+    println!("grid: {}", args.grid.display());
+    Ok(())
+}
+
+fn generate(
+    model: &TinyShapes,
+    prompts: &[Prompt],
+    sampler: &Sampler,
+    scheduler: &Scheduler,
+    steps: usize,
+    args: &Args,
+    device: &Device,
+) -> Result<Vec<Image32>> {
+    let bar = ProgressBar::new(prompts.len() as u64);
+    bar.set_style(ProgressStyle::with_template(
+        "{bar:30} {pos}/{len} images [{elapsed_precise}<{eta_precise}]",
+    )?);
+    let mut images = Vec::with_capacity(prompts.len());
+    for (chunk_index, chunk) in prompts.chunks(args.batch_size).enumerate() {
+        let texts: Vec<&str> = chunk.iter().map(|p| p.text.as_str()).collect();
+        let denoiser = model.denoiser(&texts, args.cfg_scale)?;
+        let sigmas = scheduler.sigmas(denoiser.schedule(), steps)?;
+        let first = args.seed + (chunk_index * args.batch_size) as u64;
+        let mut noise = TorchNoise::consecutive(first, chunk.len());
+        let side = stride_shapes::SIDE;
+        let x =
+            sampler.initial_latent(&denoiser, &sigmas, &[chunk.len(), 3, side, side], &mut noise, device)?;
+        let out = sampler.sample(&denoiser, x, &sigmas, &mut noise, |_| {})?;
+        images.extend(to_images(&out)?);
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(images)
+}
+
+fn to_images(batch: &Tensor) -> Result<Vec<Image32>> {
+    let batch = batch.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.clamp(-1.0, 1.0)?;
+    (0..batch.dim(0)?)
+        .map(|i| Ok(Image32::from_chw(batch.get(i)?.flatten_all()?.to_vec1::<f32>()?)?))
+        .collect()
+}
+
+/// Prints the whole-prompt pass rate (overall and on single-object prompts) and the
+/// per-attribute satisfaction.
+fn report(steps: usize, prompts: &[Prompt], images: &[Image32]) {
+    let mut passed = 0;
+    let (mut single, mut single_passed) = (0, 0);
+    let mut per_attribute: Vec<(Attribute, usize, usize)> = Vec::new();
+    for (prompt, image) in prompts.iter().zip(images) {
+        let report = check(&prompt.request, image);
+        let ok = report.passed();
+        passed += usize::from(ok);
+        let one_object =
+            prompt.request.phrases.len() == 1 && prompt.request.phrases[0].number == stride_shapes::Number::A;
+        if one_object {
+            single += 1;
+            single_passed += usize::from(ok);
+        }
+        for (attribute, satisfied) in report.attributes() {
+            match per_attribute.iter_mut().find(|(a, _, _)| *a == attribute) {
+                Some(entry) => {
+                    entry.1 += usize::from(satisfied);
+                    entry.2 += 1;
+                }
+                None => per_attribute.push((attribute, usize::from(satisfied), 1)),
+            }
+        }
+    }
+    let rate = |a: usize, b: usize| if b == 0 { f64::NAN } else { a as f64 / b as f64 };
+    println!(
+        "\n{steps} steps: whole-prompt pass rate {:.3} ({passed}/{}), single-object {:.3} ({single_passed}/{single})",
+        rate(passed, prompts.len()),
+        prompts.len(),
+        rate(single_passed, single)
+    );
+    per_attribute.sort_by_key(|(a, _, _)| *a as usize);
+    println!("  {:<12} {:>8} {:>10}", "attribute", "rate", "requested");
+    for (attribute, ok, total) in per_attribute {
+        println!("  {:<12} {:>8.3} {:>10}", attribute.name(), rate(ok, total), total);
+    }
+}
+
+/// Writes images as an 8-wide grid, each scaled 4x (nearest), as PNG.
+fn write_grid(path: &Path, images: &[Image32]) -> Result<()> {
+    let (cols, scale, side) = (8usize, 4usize, stride_shapes::SIDE);
+    let rows = images.len().div_ceil(cols).max(1);
+    let (w, h) = (cols * side * scale, rows * side * scale);
+    let mut rgb = vec![255u8; w * h * 3];
+    for (i, image) in images.iter().enumerate() {
+        let pixels = image.to_rgb8();
+        let (ox, oy) = ((i % cols) * side * scale, (i / cols) * side * scale);
+        for y in 0..side * scale {
+            for x in 0..side * scale {
+                let src = ((y / scale) * side + x / scale) * 3;
+                let dst = ((oy + y) * w + ox + x) * 3;
+                rgb[dst..dst + 3].copy_from_slice(&pixels[src..src + 3]);
+            }
+        }
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), w as u32, h as u32);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.write_header()?.write_image_data(&rgb)?;
+    Ok(())
+}

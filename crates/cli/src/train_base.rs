@@ -1,0 +1,107 @@
+//! `stride train-base`: trains the bundled tiny-shapes model.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use stride_models::tiny_shapes::train::{TrainConfig, Trainer};
+
+use crate::device::DeviceArg;
+
+#[derive(clap::Args)]
+#[command(after_help = "Examples:
+  stride train-base --out runs/tiny-shapes                 # the committed weights (see README)
+  stride train-base --out runs/tiny-shapes --resume        # continue a killed run exactly
+  stride train-base --out runs/smoke --steps 20 --batch-size 8")]
+pub struct Args {
+    /// Run folder: checkpoint.safetensors/.json and, at the end, the exported model.
+    #[arg(long, default_value = "runs/tiny-shapes")]
+    out: PathBuf,
+    /// Continue from the checkpoint in --out (bit-identical to an uninterrupted run).
+    #[arg(long)]
+    resume: bool,
+    /// Training config JSON (fields of TrainConfig); flags below override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    steps: Option<u64>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Minutes between checkpoints.
+    #[arg(long, default_value_t = 5.0)]
+    checkpoint_minutes: f64,
+    /// Also export the EMA weights as a model folder here when done (e.g. models/tiny-shapes).
+    #[arg(long)]
+    export: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    device: DeviceArg,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let device = args.device.open()?;
+    let mut trainer = if args.resume {
+        Trainer::resume(&args.out, args.steps, &device)
+            .with_context(|| format!("resuming from {}", args.out.display()))?
+    } else {
+        let mut config = match &args.config {
+            Some(path) => serde_json::from_str(
+                &std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+            )
+            .with_context(|| format!("parsing {}", path.display()))?,
+            None => TrainConfig::default(),
+        };
+        config.steps = args.steps.unwrap_or(config.steps);
+        config.batch_size = args.batch_size.unwrap_or(config.batch_size);
+        config.lr = args.lr.unwrap_or(config.lr);
+        config.seed = args.seed.unwrap_or(config.seed);
+        anyhow::ensure!(
+            config.steps > 0 && config.batch_size > 0,
+            "--steps and --batch-size must be at least 1"
+        );
+        Trainer::new(config, &device)?
+    };
+    let total = trainer.config.steps;
+    eprintln!(
+        "training tiny-shapes: {:.2}M parameters, step {} of {total}, batch {}, run folder {}",
+        trainer.parameter_count() as f64 / 1e6,
+        trainer.step,
+        trainer.config.batch_size,
+        args.out.display()
+    );
+    let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(total) };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {per_sec} {msg}",
+        )
+        .expect("valid template"),
+    );
+    bar.set_position(trainer.step);
+    let every = Duration::from_secs_f64(args.checkpoint_minutes * 60.0);
+    let mut last_save = Instant::now();
+    let mut smoothed = None;
+    while trainer.step < total {
+        let loss = trainer.train_step()?;
+        let s = smoothed.map_or(loss, |m: f32| 0.98 * m + 0.02 * loss);
+        smoothed = Some(s);
+        bar.set_position(trainer.step);
+        bar.set_message(format!("loss {s:.4}"));
+        if last_save.elapsed() >= every || trainer.step == total {
+            trainer.save_checkpoint(&args.out)?;
+            last_save = Instant::now();
+        }
+    }
+    bar.finish();
+    if let Some(dir) = &args.export {
+        trainer.export(dir)?;
+        eprintln!("exported the EMA weights to {}", dir.display());
+    }
+    Ok(())
+}

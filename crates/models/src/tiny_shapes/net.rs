@@ -1,0 +1,364 @@
+//! The tiny-shapes network: a small text transformer and a DiT-style denoiser with
+//! cross-attention, all matmuls (candle's CPU conv2d backward is several times slower than
+//! its forward; its matmul is fast), so it trains on two CPU cores.
+
+mod ops;
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::{embedding, Embedding, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+/// Architecture hyper-parameters (`config.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    pub vocab_size: usize,
+    pub max_tokens: usize,
+    pub text_dim: usize,
+    pub text_layers: usize,
+    pub text_heads: usize,
+    pub dim: usize,
+    pub depth: usize,
+    pub heads: usize,
+    pub patch: usize,
+    pub image_size: usize,
+    pub channels: usize,
+    pub mlp_ratio: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            vocab_size: 40,
+            max_tokens: 32,
+            text_dim: 128,
+            text_layers: 2,
+            text_heads: 4,
+            dim: 128,
+            depth: 6,
+            heads: 2,
+            patch: 4,
+            image_size: 32,
+            channels: 3,
+            mlp_ratio: 4,
+        }
+    }
+}
+
+impl Config {
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let checks = [
+            (self.dim.is_multiple_of(self.heads), "dim must be divisible by heads"),
+            (self.text_dim.is_multiple_of(self.text_heads), "text_dim must be divisible by text_heads"),
+            (
+                self.patch > 0 && self.image_size.is_multiple_of(self.patch),
+                "image_size must be a multiple of patch",
+            ),
+            (self.depth > 0 && self.text_layers > 0, "depth and text_layers must be at least 1"),
+            (self.vocab_size > 3 && self.max_tokens > 1, "vocab_size and max_tokens are too small"),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, msg)) => Err(msg.to_string()),
+            None => Ok(()),
+        }
+    }
+
+    fn tokens(&self) -> usize {
+        (self.image_size / self.patch).pow(2)
+    }
+}
+
+/// A linear layer (`x W^T + b`) whose bias add has a fused backward.
+struct Linear {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (out, inp) = self.weight.dims2()?;
+        let mut dims = x.dims().to_vec();
+        let rows = x.elem_count() / inp;
+        let y = x.reshape((rows, inp))?.matmul(&self.weight.t()?)?;
+        let y = ops::add_bias(&y, &self.bias)?;
+        if let Some(last) = dims.last_mut() {
+            *last = out;
+        }
+        y.reshape(dims)
+    }
+}
+
+/// candle_nn's linear initialisation: Kaiming weights, uniform(+-1/sqrt(in)) bias.
+fn linear(i: usize, o: usize, vb: VarBuilder) -> Result<Linear> {
+    let weight = vb.get_with_hints((o, i), "weight", candle_nn::init::DEFAULT_KAIMING_NORMAL)?;
+    let bound = 1.0 / (i as f64).sqrt();
+    let bias = vb.get_with_hints(o, "bias", candle_nn::Init::Uniform { lo: -bound, up: bound })?;
+    Ok(Linear { weight, bias })
+}
+
+/// Multi-head attention over `x` (queries) and `context` (keys/values), with an optional
+/// additive key mask `[B, 1, 1, Lk]` (0 or a large negative number). Self-attention projects
+/// q, k and v with one matmul; cross-attention projects k and v together.
+struct Attention {
+    q: Option<Linear>,
+    qkv: Linear,
+    out: Linear,
+    heads: usize,
+}
+
+impl Attention {
+    fn new_self(dim: usize, heads: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            q: None,
+            qkv: linear(dim, 3 * dim, vb.pp("qkv"))?,
+            out: linear(dim, dim, vb.pp("out"))?,
+            heads,
+        })
+    }
+
+    fn new_cross(dim: usize, context_dim: usize, heads: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            q: Some(linear(dim, dim, vb.pp("q"))?),
+            qkv: linear(context_dim, 2 * dim, vb.pp("kv"))?,
+            out: linear(dim, dim, vb.pp("out"))?,
+            heads,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, context: Option<&Tensor>, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, n, _) = x.dims3()?;
+        let dim = self.out.weight.dim(0)?;
+        let hd = dim / self.heads;
+        let heads = self.heads;
+        // [B, L, k * dim] -> k tensors [B, H, L, hd]
+        let split = |t: &Tensor, k: usize| -> Result<Vec<Tensor>> {
+            let len = t.dim(1)?;
+            let t = t.reshape((b, len, k, heads, hd))?.permute((2, 0, 3, 1, 4))?.contiguous()?;
+            (0..k).map(|i| t.get(i)).collect()
+        };
+        let (q, k, v) = match (&self.q, context) {
+            (Some(q), Some(context)) => {
+                let kv = split(&self.qkv.forward(context)?, 2)?;
+                (split(&q.forward(x)?, 1)?.remove(0), kv[0].clone(), kv[1].clone())
+            }
+            _ => {
+                let qkv = split(&self.qkv.forward(x)?, 3)?;
+                (qkv[0].clone(), qkv[1].clone(), qkv[2].clone())
+            }
+        };
+        let q = (q * (1.0 / (hd as f64).sqrt()))?;
+        let mut scores = q.matmul(&k.t()?)?;
+        if let Some(mask) = mask {
+            scores = scores.broadcast_add(mask)?;
+        }
+        let weights = ops::softmax(&scores)?;
+        let y = weights.matmul(&v)?.transpose(1, 2)?.reshape((b, n, dim))?;
+        self.out.forward(&y)
+    }
+}
+
+struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl Mlp {
+    fn new(dim: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self { fc1: linear(dim, hidden, vb.pp("fc1"))?, fc2: linear(hidden, dim, vb.pp("fc2"))? })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.fc2.forward(&ops::gelu(&self.fc1.forward(x)?)?)
+    }
+}
+
+/// Layer norm with a learned scale and shift (the text encoder's).
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl LayerNorm {
+    fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get_with_hints(dim, "weight", candle_nn::Init::Const(1.0))?,
+            bias: vb.get_with_hints(dim, "bias", candle_nn::Init::Const(0.0))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        ops::layer_norm(x)?.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+    }
+}
+
+/// Pre-norm transformer layer of the text encoder.
+struct TextLayer {
+    norm1: LayerNorm,
+    attn: Attention,
+    norm2: LayerNorm,
+    mlp: Mlp,
+}
+
+/// The text encoder: token and position embeddings, then pre-norm transformer layers. Its
+/// per-token outputs condition the denoiser and feed the step policy.
+pub struct TextEncoder {
+    tokens: Embedding,
+    positions: Tensor,
+    layers: Vec<TextLayer>,
+    norm: LayerNorm,
+}
+
+impl TextEncoder {
+    fn new(c: &Config, vb: VarBuilder) -> Result<Self> {
+        let layers = (0..c.text_layers)
+            .map(|i| {
+                let vb = vb.pp(format!("layers.{i}"));
+                Ok(TextLayer {
+                    norm1: LayerNorm::new(c.text_dim, vb.pp("norm1"))?,
+                    attn: Attention::new_self(c.text_dim, c.text_heads, vb.pp("attn"))?,
+                    norm2: LayerNorm::new(c.text_dim, vb.pp("norm2"))?,
+                    mlp: Mlp::new(c.text_dim, c.text_dim * c.mlp_ratio, vb.pp("mlp"))?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let init = candle_nn::Init::Randn { mean: 0.0, stdev: 0.02 };
+        Ok(Self {
+            tokens: embedding(c.vocab_size, c.text_dim, vb.pp("tokens"))?,
+            positions: vb.get_with_hints((1, c.max_tokens, c.text_dim), "positions", init)?,
+            layers,
+            norm: LayerNorm::new(c.text_dim, vb.pp("norm"))?,
+        })
+    }
+
+    /// Features `[B, L, text_dim]` of token ids `[B, L]` with mask `[B, L]` (1 = token).
+    pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let len = ids.dim(1)?;
+        let mut h = self.tokens.forward(ids)?.broadcast_add(&self.positions.narrow(1, 0, len)?)?;
+        let bias = key_bias(mask)?;
+        for layer in &self.layers {
+            let n = layer.norm1.forward(&h)?;
+            h = (&h + layer.attn.forward(&n, None, Some(&bias))?)?;
+            h = (&h + layer.mlp.forward(&layer.norm2.forward(&h)?)?)?;
+        }
+        self.norm.forward(&h)
+    }
+}
+
+/// Additive attention bias `[B, 1, 1, L]` from a 0/1 key mask `[B, L]`.
+fn key_bias(mask: &Tensor) -> Result<Tensor> {
+    let (b, l) = mask.dims2()?;
+    ((mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?.reshape((b, 1, 1, l))
+}
+
+/// One denoiser block: adaLN-Zero self-attention, cross-attention to the text (after a plain
+/// layer norm), adaLN-Zero MLP.
+struct Block {
+    attn: Attention,
+    cross: Attention,
+    mlp: Mlp,
+    modulation: Linear,
+}
+
+impl Block {
+    fn new(c: &Config, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            attn: Attention::new_self(c.dim, c.heads, vb.pp("attn"))?,
+            cross: Attention::new_cross(c.dim, c.text_dim, c.heads, vb.pp("cross"))?,
+            mlp: Mlp::new(c.dim, c.dim * c.mlp_ratio, vb.pp("mlp"))?,
+            modulation: zero_linear(c.dim, 6 * c.dim, vb.pp("modulation"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, cond: &Tensor, text: &Tensor, text_bias: &Tensor) -> Result<Tensor> {
+        let m = self.modulation.forward(cond)?.chunk(6, D::Minus1)?;
+        let h = ops::ln_modulate(x, &m[0], &m[1])?;
+        let x = ops::gated_residual(x, &self.attn.forward(&h, None, None)?, &m[2])?;
+        let x = (&x + self.cross.forward(&ops::layer_norm(&x)?, Some(text), Some(text_bias))?)?;
+        let h = ops::ln_modulate(&x, &m[3], &m[4])?;
+        ops::gated_residual(&x, &self.mlp.forward(&h)?, &m[5])
+    }
+}
+
+/// A linear layer initialised to zero (adaLN-Zero, the output projection).
+fn zero_linear(i: usize, o: usize, vb: VarBuilder) -> Result<Linear> {
+    let w = vb.get_with_hints((o, i), "weight", candle_nn::Init::Const(0.0))?;
+    let b = vb.get_with_hints(o, "bias", candle_nn::Init::Const(0.0))?;
+    Ok(Linear { weight: w, bias: b })
+}
+
+/// Sinusoidal embedding of `t * 1000` (per sample), `[B, dim]`.
+fn timestep_embedding(t: &Tensor, dim: usize) -> Result<Tensor> {
+    let half = dim / 2;
+    let freqs: Vec<f32> = (0..half).map(|i| (-(10000f32.ln()) * i as f32 / half as f32).exp()).collect();
+    let freqs = Tensor::new(freqs, t.device())?.unsqueeze(0)?;
+    let args = (t.unsqueeze(1)? * 1000.0)?.broadcast_mul(&freqs)?;
+    Tensor::cat(&[args.cos()?, args.sin()?], 1)
+}
+
+/// The denoiser: patchify, add positions, DiT blocks conditioned on time and pooled text
+/// (adaLN) and on the text tokens (cross-attention), unpatchify to a flow velocity.
+pub struct Net {
+    pub config: Config,
+    pub text: TextEncoder,
+    patch_in: Linear,
+    positions: Tensor,
+    time1: Linear,
+    time2: Linear,
+    pooled: Linear,
+    blocks: Vec<Block>,
+    final_modulation: Linear,
+    patch_out: Linear,
+}
+
+impl Net {
+    pub fn new(config: &Config, vb: VarBuilder) -> Result<Self> {
+        let c = config;
+        let patch_dim = c.channels * c.patch * c.patch;
+        let init = candle_nn::Init::Randn { mean: 0.0, stdev: 0.02 };
+        Ok(Self {
+            config: c.clone(),
+            text: TextEncoder::new(c, vb.pp("text"))?,
+            patch_in: linear(patch_dim, c.dim, vb.pp("patch_in"))?,
+            positions: vb.get_with_hints((1, c.tokens(), c.dim), "positions", init)?,
+            time1: linear(c.dim, c.dim, vb.pp("time1"))?,
+            time2: linear(c.dim, c.dim, vb.pp("time2"))?,
+            pooled: linear(c.text_dim, c.dim, vb.pp("pooled"))?,
+            blocks: (0..c.depth)
+                .map(|i| Block::new(c, vb.pp(format!("blocks.{i}"))))
+                .collect::<Result<_>>()?,
+            final_modulation: zero_linear(c.dim, 2 * c.dim, vb.pp("final_modulation"))?,
+            patch_out: zero_linear(c.dim, patch_dim, vb.pp("patch_out"))?,
+        })
+    }
+
+    /// Flow velocity for images `x` `[B, C, H, W]` at flow times `t` `[B]` given text
+    /// features `[B, L, text_dim]` and their mask `[B, L]`.
+    pub fn forward(&self, x: &Tensor, t: &Tensor, text: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, ch, hgt, wid) = x.dims4()?;
+        let (gh, gw, p) = (hgt / c.patch, wid / c.patch, c.patch);
+        // [B, C, gh, p, gw, p] -> [B, gh, gw, C, p, p] -> [B, N, C p p]
+        let patches = x.reshape((b, ch, gh, p, gw, p))?.permute((0, 2, 4, 1, 3, 5))?.reshape((
+            b,
+            gh * gw,
+            ch * p * p,
+        ))?;
+        let mut h = self.patch_in.forward(&patches)?.broadcast_add(&self.positions)?;
+        let maskf = mask.to_dtype(DType::F32)?;
+        let pooled =
+            text.broadcast_mul(&maskf.unsqueeze(2)?)?.sum(1)?.broadcast_div(&maskf.sum_keepdim(1)?)?;
+        let temb = self.time2.forward(&self.time1.forward(&timestep_embedding(t, c.dim)?)?.silu()?)?;
+        // silu(cond) feeds every adaLN modulation; computed once.
+        let cond = (temb + self.pooled.forward(&pooled)?)?.silu()?;
+        let bias = key_bias(mask)?;
+        for block in &self.blocks {
+            h = block.forward(&h, &cond, text, &bias)?;
+        }
+        let m = self.final_modulation.forward(&cond)?.chunk(2, D::Minus1)?;
+        let h = ops::ln_modulate(&h, &m[0], &m[1])?;
+        self.patch_out
+            .forward(&h)?
+            .reshape((b, gh, gw, ch, p, p))?
+            .permute((0, 3, 1, 4, 2, 5))?
+            .reshape((b, ch, hgt, wid))
+    }
+}

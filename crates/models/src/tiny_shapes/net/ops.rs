@@ -1,0 +1,698 @@
+//! Fused CPU kernels, with backward, for the ops candle composes from many single-threaded
+//! passes: layer norm (plain and with the adaLN shift/scale), softmax over the last dimension
+//! and the tanh GELU. A training step spent most of its time in the backward passes of their
+//! composed forms. On other devices, or for other dtypes, the composed forms run instead.
+//!
+//! Every kernel works row by row in a fixed order, so results do not depend on the thread
+//! count.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
+
+const LN_EPS: f32 = 1e-6;
+/// sqrt(2 / pi), for the tanh GELU.
+const GELU_C: f32 = 0.797_884_6;
+const GELU_A: f32 = 0.044_715;
+
+fn fused(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+/// `(x - mean) / sqrt(var + eps)` over the last dimension.
+pub fn layer_norm(x: &Tensor) -> Result<Tensor> {
+    if fused(x) {
+        return x.contiguous()?.apply_op1(LayerNorm);
+    }
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centered = x.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+    centered.broadcast_div(&(var + f64::from(LN_EPS))?.sqrt()?)
+}
+
+/// `layer_norm(x) * (1 + scale) + shift` for `x` `[B, N, D]` and `shift`, `scale` `[B, D]`.
+pub fn ln_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    if fused(x) {
+        return x.contiguous()?.apply_op3(&shift.contiguous()?, &scale.contiguous()?, LnModulate);
+    }
+    layer_norm(x)?.broadcast_mul(&(scale + 1.0)?.unsqueeze(1)?)?.broadcast_add(&shift.unsqueeze(1)?)
+}
+
+/// Softmax over the last dimension.
+pub fn softmax(x: &Tensor) -> Result<Tensor> {
+    if fused(x) {
+        return x.contiguous()?.apply_op1(Softmax);
+    }
+    candle_nn::ops::softmax(x, D::Minus1)
+}
+
+/// The tanh approximation of GELU, `x * sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3))`.
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    if fused(x) {
+        return x.contiguous()?.apply_op1(Gelu);
+    }
+    x.gelu()
+}
+
+/// `x + bias` for `x` `[.., C]` and `bias` `[C]` (the bias gradient is a column sum).
+pub fn add_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    if fused(x) {
+        return x.contiguous()?.apply_op2(bias, AddBias);
+    }
+    x.broadcast_add(bias)
+}
+
+/// `x + y * gate` for `x`, `y` `[B, N, D]` and `gate` `[B, D]` (adaLN-Zero's gated residual).
+pub fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
+    if fused(x) {
+        return x.contiguous()?.apply_op3(&y.contiguous()?, &gate.contiguous()?, GatedResidual);
+    }
+    x + y.broadcast_mul(&gate.unsqueeze(1)?)?
+}
+
+fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("fused op: input is not contiguous"),
+    }
+}
+
+fn threads() -> usize {
+    candle_core::utils::get_num_threads().max(1)
+}
+
+/// Calls `f(first_item, items)` on `out` split into runs of whole items of `width` values,
+/// one run per thread (one thread for small jobs).
+fn par_items(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let items = out.len() / width.max(1);
+    let threads = if out.len() < 1 << 15 { 1 } else { threads().min(items.max(1)) };
+    if threads <= 1 {
+        f(0, out);
+        return;
+    }
+    let per = items.div_ceil(threads);
+    std::thread::scope(|s| {
+        let mut chunks = out.chunks_mut(per * width).enumerate();
+        let first = chunks.next();
+        for (i, chunk) in chunks {
+            let f = &f;
+            s.spawn(move || f(i * per, chunk));
+        }
+        if let Some((_, chunk)) = first {
+            f(0, chunk);
+        }
+    });
+}
+
+/// Sum with eight accumulators (vectorises; a fixed order, so deterministic).
+fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let rest: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] += c[i];
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
+fn dot(x: &[f32], y: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
+    let rest: f32 = xc.remainder().iter().zip(yc.remainder()).map(|(a, b)| a * b).sum();
+    for (a, b) in xc.zip(yc) {
+        for i in 0..8 {
+            acc[i] += a[i] * b[i];
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
+/// Mean and reciprocal standard deviation of a row.
+fn moments(x: &[f32]) -> (f32, f32) {
+    let n = x.len() as f32;
+    let mean = sum(x) / n;
+    let mut acc = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let rest: f32 = chunks.remainder().iter().map(|v| (v - mean) * (v - mean)).sum();
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] += (c[i] - mean) * (c[i] - mean);
+        }
+    }
+    let var = (acc.iter().sum::<f32>() + rest) / n;
+    (mean, 1.0 / (var + LN_EPS).sqrt())
+}
+
+/// Layer-norm backward for one row: `dx = rstd (g - mean(g) - xhat mean(g xhat))`, with
+/// `xhat` written into `dx` first.
+fn ln_row_bwd(x: &[f32], g: &[f32], dx: &mut [f32]) {
+    let (mean, rstd) = moments(x);
+    for (d, v) in dx.iter_mut().zip(x) {
+        *d = (v - mean) * rstd;
+    }
+    let n = x.len() as f32;
+    let (mg, mgx) = (sum(g) / n, dot(g, dx) / n);
+    for (d, gv) in dx.iter_mut().zip(g) {
+        *d = rstd * (gv - mg - *d * mgx);
+    }
+}
+
+struct LayerNorm;
+
+impl CustomOp1 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "tiny-layer-norm"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous(s, l)?;
+        let d = l.dims().last().copied().unwrap_or(1);
+        let mut out = vec![0f32; x.len()];
+        par_items(&mut out, d, |first, out| {
+            for (r, o) in out.chunks_mut(d).enumerate() {
+                let row = &x[(first + r) * d..(first + r + 1) * d];
+                let (mean, rstd) = moments(row);
+                for (o, v) in o.iter_mut().zip(row) {
+                    *o = (v - mean) * rstd;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(arg.detach().apply_op2_no_bwd(&grad.contiguous()?, &LayerNormBwd)?))
+    }
+}
+
+struct LayerNormBwd;
+
+impl CustomOp2 for LayerNormBwd {
+    fn name(&self) -> &'static str {
+        "tiny-layer-norm-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, g) = (contiguous(s1, l1)?, contiguous(s2, l2)?);
+        let d = l1.dims().last().copied().unwrap_or(1);
+        let mut out = vec![0f32; x.len()];
+        par_items(&mut out, d, |first, out| {
+            for (r, o) in out.chunks_mut(d).enumerate() {
+                let span = (first + r) * d..(first + r + 1) * d;
+                ln_row_bwd(&x[span.clone()], &g[span], o);
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// One sample's index and its three output slices.
+type SampleJob3<'a> = (usize, &'a mut [f32], &'a mut [f32], &'a mut [f32]);
+
+struct LnModulate;
+
+impl CustomOp3 for LnModulate {
+    fn name(&self) -> &'static str {
+        "tiny-ln-modulate"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, shift, scale) = (contiguous(s1, l1)?, contiguous(s2, l2)?, contiguous(s3, l3)?);
+        let (b, n, d) = l1.shape().dims3()?;
+        if l2.dims() != [b, d] || l3.dims() != [b, d] {
+            candle_core::bail!("ln_modulate: shift and scale must be [{b}, {d}]");
+        }
+        let mut out = vec![0f32; x.len()];
+        par_items(&mut out, d, |first, out| {
+            for (r, o) in out.chunks_mut(d).enumerate() {
+                let row = first + r;
+                let xs = &x[row * d..(row + 1) * d];
+                let s = row / n;
+                let (sh, sc) = (&shift[s * d..(s + 1) * d], &scale[s * d..(s + 1) * d]);
+                let (mean, rstd) = moments(xs);
+                for i in 0..d {
+                    o[i] = (xs[i] - mean) * rstd * (1.0 + sc[i]) + sh[i];
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        _shift: &Tensor,
+        scale: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (b, n, d) = x.dims3()?;
+        let packed = x.detach().apply_op3_no_bwd(&scale.detach(), &grad.contiguous()?, &LnModulateBwd)?;
+        let dx = packed.narrow(0, 0, b * n * d)?.reshape((b, n, d))?;
+        let dshift = packed.narrow(0, b * n * d, b * d)?.reshape((b, d))?;
+        let dscale = packed.narrow(0, b * n * d + b * d, b * d)?.reshape((b, d))?;
+        Ok((Some(dx), Some(dshift), Some(dscale)))
+    }
+}
+
+/// Backward of [`LnModulate`]: one flat output holding dx `[B, N, D]`, dshift `[B, D]` and
+/// dscale `[B, D]`, in that order.
+struct LnModulateBwd;
+
+impl CustomOp3 for LnModulateBwd {
+    fn name(&self) -> &'static str {
+        "tiny-ln-modulate-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, scale, g) = (contiguous(s1, l1)?, contiguous(s2, l2)?, contiguous(s3, l3)?);
+        let (b, n, d) = l1.shape().dims3()?;
+        let mut out = vec![0f32; b * n * d + 2 * b * d];
+        let (dx, rest) = out.split_at_mut(b * n * d);
+        let (dshift, dscale) = rest.split_at_mut(b * d);
+        let mut jobs: Vec<SampleJob3> = dx
+            .chunks_mut(n * d)
+            .zip(dshift.chunks_mut(d))
+            .zip(dscale.chunks_mut(d))
+            .enumerate()
+            .map(|(s, ((a, b), c))| (s, a, b, c))
+            .collect();
+        let run = |jobs: &mut [SampleJob3]| {
+            let mut gs = vec![0f32; d];
+            for (s, dx, dshift, dscale) in jobs.iter_mut() {
+                let sc = &scale[*s * d..(*s + 1) * d];
+                for r in 0..n {
+                    let span = (*s * n + r) * d..(*s * n + r + 1) * d;
+                    let (xs, gr) = (&x[span.clone()], &g[span]);
+                    let o = &mut dx[r * d..(r + 1) * d];
+                    let (mean, rstd) = moments(xs);
+                    for i in 0..d {
+                        let xhat = (xs[i] - mean) * rstd;
+                        dshift[i] += gr[i];
+                        dscale[i] += gr[i] * xhat;
+                        gs[i] = gr[i] * (1.0 + sc[i]);
+                    }
+                    ln_row_bwd(xs, &gs, o);
+                }
+            }
+        };
+        par_jobs(&mut jobs, x.len(), run);
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+}
+
+struct Softmax;
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "tiny-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous(s, l)?;
+        let d = l.dims().last().copied().unwrap_or(1);
+        let mut out = vec![0f32; x.len()];
+        par_items(&mut out, d, |first, out| {
+            for (r, o) in out.chunks_mut(d).enumerate() {
+                let row = &x[(first + r) * d..(first + r + 1) * d];
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                for (o, v) in o.iter_mut().zip(row) {
+                    *o = (v - max).exp();
+                }
+                let inv = 1.0 / sum(o);
+                o.iter_mut().for_each(|v| *v *= inv);
+            }
+        });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(res.detach().apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBwd)?))
+    }
+}
+
+/// `dx = y (g - sum(g y))` per row.
+struct SoftmaxBwd;
+
+impl CustomOp2 for SoftmaxBwd {
+    fn name(&self) -> &'static str {
+        "tiny-softmax-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (y, g) = (contiguous(s1, l1)?, contiguous(s2, l2)?);
+        let d = l1.dims().last().copied().unwrap_or(1);
+        let mut out = vec![0f32; y.len()];
+        par_items(&mut out, d, |first, out| {
+            for (r, o) in out.chunks_mut(d).enumerate() {
+                let span = (first + r) * d..(first + r + 1) * d;
+                let (ys, gs) = (&y[span.clone()], &g[span]);
+                let dg = dot(ys, gs);
+                for i in 0..d {
+                    o[i] = ys[i] * (gs[i] - dg);
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+struct Gelu;
+
+/// `sigmoid(2u)` and `du/dx` of the tanh GELU at `x`.
+#[inline]
+fn gelu_parts(x: f32) -> (f32, f32) {
+    let u = GELU_C * (x + GELU_A * x * x * x);
+    let s = 1.0 / (1.0 + (-2.0 * u).exp());
+    (s, GELU_C * (1.0 + 3.0 * GELU_A * x * x))
+}
+
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "tiny-gelu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous(s, l)?;
+        let mut out = vec![0f32; x.len()];
+        par_items(&mut out, 1, |first, out| {
+            for (o, v) in out.iter_mut().zip(&x[first..]) {
+                *o = v * gelu_parts(*v).0;
+            }
+        });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(arg.detach().apply_op2_no_bwd(&grad.contiguous()?, &GeluBwd)?))
+    }
+}
+
+struct GeluBwd;
+
+impl CustomOp2 for GeluBwd {
+    fn name(&self) -> &'static str {
+        "tiny-gelu-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, g) = (contiguous(s1, l1)?, contiguous(s2, l2)?);
+        let mut out = vec![0f32; x.len()];
+        par_items(&mut out, 1, |first, out| {
+            for ((o, v), gv) in out.iter_mut().zip(&x[first..]).zip(&g[first..]) {
+                let (s, du) = gelu_parts(*v);
+                // d/dx [x sigmoid(2u)] = s + x s (1 - s) 2 du/dx
+                *o = gv * (s + 2.0 * v * s * (1.0 - s) * du);
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+struct AddBias;
+
+impl CustomOp2 for AddBias {
+    fn name(&self) -> &'static str {
+        "tiny-add-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, b) = (contiguous(s1, l1)?, contiguous(s2, l2)?);
+        let c = b.len();
+        if l1.dims().last() != Some(&c) {
+            candle_core::bail!("add_bias: bias of {c} values for rows of {:?}", l1.dims());
+        }
+        let mut out = x.to_vec();
+        par_items(&mut out, c, |_, out| {
+            for row in out.chunks_mut(c) {
+                row.iter_mut().zip(b).for_each(|(o, b)| *o += b);
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let c = bias.elem_count();
+        let db = grad.contiguous()?.apply_op1_no_bwd(&ColumnSum(c))?;
+        Ok((Some(grad.clone()), Some(db.reshape(bias.shape())?)))
+    }
+}
+
+/// Sums the rows of a `[R, C]` matrix: partial sums over fixed blocks of rows (in parallel),
+/// then the blocks in order, so the result does not depend on the thread count.
+struct ColumnSum(usize);
+
+impl CustomOp1 for ColumnSum {
+    fn name(&self) -> &'static str {
+        "tiny-column-sum"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        const BLOCK: usize = 64;
+        let (g, c) = (contiguous(s, l)?, self.0);
+        let rows = g.len() / c.max(1);
+        let blocks = rows.div_ceil(BLOCK).max(1);
+        let mut partial = vec![0f32; blocks * c];
+        par_items(&mut partial, c, |first, out| {
+            for (i, acc) in out.chunks_mut(c).enumerate() {
+                let start = (first + i) * BLOCK;
+                for r in start..(start + BLOCK).min(rows) {
+                    acc.iter_mut().zip(&g[r * c..(r + 1) * c]).for_each(|(a, v)| *a += v);
+                }
+            }
+        });
+        let mut out = vec![0f32; c];
+        for block in partial.chunks(c) {
+            out.iter_mut().zip(block).for_each(|(o, v)| *o += v);
+        }
+        Ok((CpuStorage::F32(out), Shape::from(c)))
+    }
+}
+
+struct GatedResidual;
+
+impl CustomOp3 for GatedResidual {
+    fn name(&self) -> &'static str {
+        "tiny-gated-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, y, gate) = (contiguous(s1, l1)?, contiguous(s2, l2)?, contiguous(s3, l3)?);
+        let (b, n, d) = l1.shape().dims3()?;
+        if l2.dims() != l1.dims() || l3.dims() != [b, d] {
+            candle_core::bail!("gated_residual: shapes {:?} {:?} {:?}", l1.dims(), l2.dims(), l3.dims());
+        }
+        let mut out = x.to_vec();
+        par_items(&mut out, d, |first, out| {
+            for (r, o) in out.chunks_mut(d).enumerate() {
+                let row = first + r;
+                let (ys, gs) = (&y[row * d..(row + 1) * d], &gate[(row / n) * d..(row / n + 1) * d]);
+                for i in 0..d {
+                    o[i] += ys[i] * gs[i];
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        y: &Tensor,
+        gate: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (b, n, d) = y.dims3()?;
+        let packed = y.detach().apply_op3_no_bwd(&gate.detach(), &grad.contiguous()?, &GatedResidualBwd)?;
+        let dy = packed.narrow(0, 0, b * n * d)?.reshape((b, n, d))?;
+        let dgate = packed.narrow(0, b * n * d, b * d)?.reshape((b, d))?;
+        Ok((Some(grad.clone()), Some(dy), Some(dgate)))
+    }
+}
+
+/// Backward of [`GatedResidual`]: one flat output holding dy `[B, N, D]` then dgate `[B, D]`.
+struct GatedResidualBwd;
+
+impl CustomOp3 for GatedResidualBwd {
+    fn name(&self) -> &'static str {
+        "tiny-gated-residual-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (y, gate, g) = (contiguous(s1, l1)?, contiguous(s2, l2)?, contiguous(s3, l3)?);
+        let (b, n, d) = l1.shape().dims3()?;
+        let mut out = vec![0f32; b * n * d + b * d];
+        let (dy, dgate) = out.split_at_mut(b * n * d);
+        let mut jobs: Vec<(usize, &mut [f32], &mut [f32])> =
+            dy.chunks_mut(n * d).zip(dgate.chunks_mut(d)).enumerate().map(|(s, (a, b))| (s, a, b)).collect();
+        let run = |jobs: &mut [(usize, &mut [f32], &mut [f32])]| {
+            for (s, dy, dgate) in jobs.iter_mut() {
+                let gs = &gate[*s * d..(*s + 1) * d];
+                for r in 0..n {
+                    let off = (*s * n + r) * d;
+                    let (ys, gr) = (&y[off..off + d], &g[off..off + d]);
+                    let o = &mut dy[r * d..(r + 1) * d];
+                    for i in 0..d {
+                        o[i] = gr[i] * gs[i];
+                        dgate[i] += gr[i] * ys[i];
+                    }
+                }
+            }
+        };
+        par_jobs(&mut jobs, y.len(), run);
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+}
+
+/// Runs `run` over `jobs` split into one run of consecutive jobs per thread.
+fn par_jobs<T: Send>(jobs: &mut [T], work: usize, run: impl Fn(&mut [T]) + Sync) {
+    let threads = if work < 1 << 15 { 1 } else { threads().min(jobs.len().max(1)) };
+    let per = jobs.len().div_ceil(threads.max(1)).max(1);
+    std::thread::scope(|sc| {
+        let mut groups = jobs.chunks_mut(per);
+        let first = groups.next();
+        for group in groups {
+            let run = &run;
+            sc.spawn(move || run(group));
+        }
+        if let Some(group) = first {
+            run(group);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    type Op<'a> = Box<dyn Fn(&Tensor) -> Result<Tensor> + 'a>;
+    type Case<'a> = (&'static str, Op<'a>, Op<'a>);
+
+    /// The fused ops and their gradients match the composed candle forms.
+    #[test]
+    fn fused_ops_match_composed_forms() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (3, 70, 40), &dev)?)?;
+        let shift = Var::from_tensor(&Tensor::randn(0f32, 1., (3, 40), &dev)?)?;
+        let scale = Var::from_tensor(&Tensor::randn(0f32, 1., (3, 40), &dev)?)?;
+        let w = Tensor::randn(0f32, 1., (3, 70, 40), &dev)?;
+        let composed = |x: &Tensor, f: &dyn Fn(&Tensor) -> Result<Tensor>| -> Result<Tensor> { f(x) };
+        let cases: Vec<Case<'_>> = vec![
+            (
+                "layer_norm",
+                Box::new(layer_norm),
+                Box::new(|x: &Tensor| {
+                    let mean = x.mean_keepdim(D::Minus1)?;
+                    let c = x.broadcast_sub(&mean)?;
+                    c.broadcast_div(&(c.sqr()?.mean_keepdim(D::Minus1)? + 1e-6)?.sqrt()?)
+                }),
+            ),
+            ("softmax", Box::new(softmax), Box::new(|x: &Tensor| candle_nn::ops::softmax(x, D::Minus1))),
+            ("gelu", Box::new(gelu), Box::new(|x: &Tensor| x.gelu())),
+            (
+                "ln_modulate",
+                Box::new(|x: &Tensor| ln_modulate(x, shift.as_tensor(), scale.as_tensor())),
+                Box::new(|x: &Tensor| {
+                    let mean = x.mean_keepdim(D::Minus1)?;
+                    let c = x.broadcast_sub(&mean)?;
+                    let n = c.broadcast_div(&(c.sqr()?.mean_keepdim(D::Minus1)? + 1e-6)?.sqrt()?)?;
+                    n.broadcast_mul(&(scale.as_tensor() + 1.0)?.unsqueeze(1)?)?
+                        .broadcast_add(&shift.as_tensor().unsqueeze(1)?)
+                }),
+            ),
+            (
+                "add_bias",
+                Box::new(|x: &Tensor| add_bias(x, &shift.as_tensor().get(0)?)),
+                Box::new(|x: &Tensor| x.broadcast_add(&shift.as_tensor().get(0)?)),
+            ),
+            (
+                "gated_residual",
+                Box::new(|x: &Tensor| gated_residual(&x.sqr()?, x, scale.as_tensor())),
+                Box::new(|x: &Tensor| x.sqr()? + x.broadcast_mul(&scale.as_tensor().unsqueeze(1)?)?),
+            ),
+        ];
+        let max_diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
+            (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+        };
+        for (name, fast, slow) in &cases {
+            let (yf, ys) = (fast(x.as_tensor())?, composed(x.as_tensor(), slow.as_ref())?);
+            assert!(max_diff(&yf, &ys)? < 1e-4, "{name} forward");
+            let gf = (yf * &w)?.sum_all()?.backward()?;
+            let gs = (ys * &w)?.sum_all()?.backward()?;
+            for v in [&x, &shift, &scale] {
+                if let (Some(a), Some(b)) = (gf.get(v.as_tensor()), gs.get(v.as_tensor())) {
+                    let tol = 1e-3 * (1.0 + b.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?);
+                    assert!(max_diff(a, b)? < tol, "{name} backward");
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,388 @@
+//! Training tiny-shapes with the rectified-flow objective (as SD3 / Flux): `x_t = (1 - t) x0 + t eps`,
+//! the network predicts `eps - x0`, `t` logit-normal, 10% of prompts dropped for guidance.
+//!
+//! Everything a step uses is a function of `(seed, step)`: the scenes (the shapes world's
+//! sample indices `step * batch ..`), the noise, the times and the dropped prompts. With the
+//! weights, the optimiser moments and the EMA in the checkpoint, a resumed run continues
+//! bit for bit where a killed one stopped.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+use stride_shapes::World;
+use stride_solvers::TorchGenerator;
+
+use super::net::{Config, Net};
+use super::{tokenizer, ModelError};
+
+/// The training run's settings (`train.json` beside the checkpoint).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub model: Config,
+    pub steps: u64,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub warmup: u64,
+    pub weight_decay: f64,
+    pub ema_decay: f64,
+    pub cfg_dropout: f64,
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            model: Config { vocab_size: stride_shapes::VOCABULARY.len() + 3, ..Config::default() },
+            // ~1 s per step on two CPU cores: about two hours.
+            steps: 7000,
+            batch_size: 32,
+            lr: 1e-3,
+            warmup: 200,
+            weight_decay: 0.01,
+            ema_decay: 0.999,
+            cfg_dropout: 0.1,
+            seed: 0,
+        }
+    }
+}
+
+/// A training run: parameters, AdamW moments, EMA weights and the step reached.
+pub struct Trainer {
+    pub config: TrainConfig,
+    pub step: u64,
+    device: Device,
+    varmap: VarMap,
+    net: Net,
+    tokenizer: tokenizers::Tokenizer,
+    names: Vec<String>,
+    /// AdamW moments and EMA weights, flat per parameter (updated by one fused loop).
+    m: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    ema: Vec<Vec<f32>>,
+}
+
+const BETA1: f64 = 0.9;
+const BETA2: f64 = 0.999;
+const ADAM_EPS: f64 = 1e-8;
+
+impl Trainer {
+    /// A fresh run (parameters initialised from the seed).
+    pub fn new(config: TrainConfig, device: &Device) -> Result<Self, ModelError> {
+        config.model.validate().map_err(ModelError::Config)?;
+        let varmap = VarMap::new();
+        // candle's CPU RNG cannot be seeded: initialise every parameter from its own seeded
+        // generator (seed, name) instead, so a fresh run is reproducible.
+        let backend = SeededInit { varmap: varmap.clone(), seed: config.seed };
+        let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
+        let net = Net::new(&config.model, vb)?;
+        let mut names: Vec<String> = varmap.data().lock().expect("varmap lock").keys().cloned().collect();
+        names.sort();
+        let (m, v, ema) = {
+            let data = varmap.data().lock().expect("varmap lock");
+            let mut ema = Vec::with_capacity(names.len());
+            for n in &names {
+                ema.push(data[n].as_tensor().flatten_all()?.to_vec1::<f32>()?);
+            }
+            let zeros: Vec<Vec<f32>> = ema.iter().map(|e| vec![0f32; e.len()]).collect();
+            (zeros.clone(), zeros, ema)
+        };
+        let tokenizer = tokenizer::build(&stride_shapes::VOCABULARY)?;
+        Ok(Self { config, step: 0, device: device.clone(), varmap, net, tokenizer, names, m, v, ema })
+    }
+
+    fn var(&self, name: &str) -> Var {
+        self.varmap.data().lock().expect("varmap lock")[name].clone()
+    }
+
+    /// The learning rate at `step`: linear warm-up, then cosine to 0.
+    pub fn lr_at(&self, step: u64) -> f64 {
+        let c = &self.config;
+        if step < c.warmup {
+            return c.lr * (step + 1) as f64 / c.warmup as f64;
+        }
+        let progress = (step - c.warmup) as f64 / (c.steps - c.warmup).max(1) as f64;
+        0.5 * c.lr * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())
+    }
+
+    /// The batch of step `step`: images `[B, 3, 32, 32]` and prompts (some dropped to "").
+    fn batch(&self, step: u64) -> Result<(Tensor, Vec<String>, TorchGenerator), ModelError> {
+        let c = &self.config;
+        let world = World::new(c.seed);
+        let mut gen = TorchGenerator::new(c.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(step));
+        // A standard normal below the (cfg_dropout) quantile drops the prompt.
+        let drop_threshold = normal_quantile(c.cfg_dropout);
+        let drops = gen.randn(c.batch_size);
+        let mut pixels = Vec::with_capacity(c.batch_size * stride_shapes::LEN);
+        let mut prompts = Vec::with_capacity(c.batch_size);
+        for (i, drop) in drops.iter().enumerate() {
+            let sample = world.sample(step * c.batch_size as u64 + i as u64);
+            pixels.extend_from_slice(stride_shapes::render(&sample.scene).as_chw());
+            let dropped = f64::from(*drop) < drop_threshold;
+            prompts.push(if dropped { String::new() } else { sample.prompt.text });
+        }
+        let side = stride_shapes::SIDE;
+        let images = Tensor::from_vec(pixels, (c.batch_size, 3, side, side), &self.device)?;
+        Ok((images, prompts, gen))
+    }
+
+    fn tokens(&self, prompts: &[String]) -> Result<(Tensor, Tensor), ModelError> {
+        tokenizer::encode_batch(&self.tokenizer, prompts, self.config.model.max_tokens, &self.device)
+    }
+
+    /// One optimisation step; returns the loss.
+    pub fn train_step(&mut self) -> Result<f32, ModelError> {
+        let step = self.step;
+        let (x0, prompts, mut gen) = self.batch(step)?;
+        let b = self.config.batch_size;
+        let eps = Tensor::from_vec(gen.randn(x0.elem_count()), x0.shape(), &self.device)?;
+        // Logit-normal times (SD3), kept off the exact ends.
+        let t: Vec<f32> =
+            gen.randn(b).iter().map(|n| (1.0 / (1.0 + (-n).exp())).clamp(1e-4, 1.0 - 1e-4)).collect();
+        let t = Tensor::from_vec(t, b, &self.device)?;
+        let tb = t.reshape((b, 1, 1, 1))?;
+        let xt = (x0.broadcast_mul(&(1.0 - &tb)?)? + eps.broadcast_mul(&tb)?)?;
+        let target = (&eps - &x0)?;
+        let (ids, mask) = self.tokens(&prompts)?;
+        let text = self.net.text.forward(&ids, &mask)?;
+        let pred = self.net.forward(&xt, &t, &text, &mask)?;
+        let loss = (pred - target)?.sqr()?.mean_all()?;
+        let grads = loss.backward()?;
+        self.update(&grads, self.lr_at(step))?;
+        self.step += 1;
+        Ok(loss.to_scalar::<f32>()?)
+    }
+
+    /// AdamW (decoupled weight decay) and the EMA, one fused pass over each parameter.
+    fn update(&mut self, grads: &candle_core::backprop::GradStore, lr: f64) -> Result<(), ModelError> {
+        let t1 = (self.step + 1) as i32;
+        let (bc1, bc2) = (1.0 - BETA1.powi(t1), 1.0 - BETA2.powi(t1));
+        let (b1, b2) = (BETA1 as f32, BETA2 as f32);
+        let (step_size, inv_sqrt_bc2) = ((lr / bc1) as f32, (1.0 / bc2.sqrt()) as f32);
+        let decay = (1.0 - lr * self.config.weight_decay) as f32;
+        let d = self.config.ema_decay as f32;
+        for i in 0..self.names.len() {
+            let var = self.var(&self.names[i]);
+            let Some(g) = grads.get(var.as_tensor()) else { continue };
+            let g = g.flatten_all()?.to_vec1::<f32>()?;
+            let mut w = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+            let (m, v, ema) = (&mut self.m[i], &mut self.v[i], &mut self.ema[i]);
+            for j in 0..w.len() {
+                m[j] = b1 * m[j] + (1.0 - b1) * g[j];
+                v[j] = b2 * v[j] + (1.0 - b2) * g[j] * g[j];
+                let update = m[j] / (v[j].sqrt() * inv_sqrt_bc2 + ADAM_EPS as f32);
+                w[j] = w[j] * decay - step_size * update;
+                ema[j] = d * ema[j] + (1.0 - d) * w[j];
+            }
+            var.set(&Tensor::from_vec(w, var.shape(), &self.device)?)?;
+        }
+        Ok(())
+    }
+
+    fn flat_tensor(&self, i: usize, values: &[f32]) -> Result<Tensor, ModelError> {
+        Ok(Tensor::from_slice(values, self.var(&self.names[i]).shape(), &self.device)?)
+    }
+
+    /// Writes the checkpoint (weights, moments, EMA, step) atomically under `dir`.
+    pub fn save_checkpoint(&self, dir: &Path) -> Result<(), ModelError> {
+        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        let mut tensors: HashMap<String, Tensor> = HashMap::new();
+        for (i, name) in self.names.iter().enumerate() {
+            tensors.insert(format!("param.{name}"), self.var(name).as_tensor().clone());
+            tensors.insert(format!("adam_m.{name}"), self.flat_tensor(i, &self.m[i])?);
+            tensors.insert(format!("adam_v.{name}"), self.flat_tensor(i, &self.v[i])?);
+            tensors.insert(format!("ema.{name}"), self.flat_tensor(i, &self.ema[i])?);
+        }
+        let weights = dir.join("checkpoint.safetensors");
+        write_atomic(&weights, |tmp| {
+            candle_core::safetensors::save(&tensors, tmp).map_err(|e| e.to_string())
+        })?;
+        let state = CheckpointState { step: self.step, config: self.config.clone() };
+        let json = serde_json::to_string_pretty(&state).expect("serialisable");
+        write_atomic(&dir.join("checkpoint.json"), |tmp| {
+            std::fs::write(tmp, &json).map_err(|e| e.to_string())
+        })
+    }
+
+    /// Resumes from the checkpoint under `dir`; its training config wins over `config`'s
+    /// except for `steps` (so a run can be extended).
+    pub fn resume(dir: &Path, steps: Option<u64>, device: &Device) -> Result<Self, ModelError> {
+        let json_path = dir.join("checkpoint.json");
+        let text = std::fs::read_to_string(&json_path).map_err(|e| io_err(&json_path, e))?;
+        let state: CheckpointState = serde_json::from_str(&text)
+            .map_err(|e| ModelError::File { path: json_path.clone(), reason: e.to_string() })?;
+        let mut config = state.config;
+        if let Some(steps) = steps {
+            config.steps = steps;
+        }
+        let mut trainer = Self::new(config, device)?;
+        let weights = dir.join("checkpoint.safetensors");
+        let tensors = candle_core::safetensors::load(&weights, device)
+            .map_err(|e| ModelError::File { path: weights.clone(), reason: e.to_string() })?;
+        let get = |key: String| {
+            tensors
+                .get(&key)
+                .cloned()
+                .ok_or_else(|| ModelError::File { path: weights.clone(), reason: format!("missing {key}") })
+        };
+        for (i, name) in trainer.names.clone().iter().enumerate() {
+            trainer.var(name).set(&get(format!("param.{name}"))?)?;
+            let flat = |key: String| -> Result<Vec<f32>, ModelError> {
+                Ok(get(key)?.flatten_all()?.to_vec1::<f32>()?)
+            };
+            trainer.m[i] = flat(format!("adam_m.{name}"))?;
+            trainer.v[i] = flat(format!("adam_v.{name}"))?;
+            trainer.ema[i] = flat(format!("ema.{name}"))?;
+        }
+        trainer.step = state.step;
+        Ok(trainer)
+    }
+
+    /// Writes the EMA weights as a loadable model folder (`config.json`, `tokenizer.json`,
+    /// `model.safetensors`).
+    pub fn export(&self, dir: &Path) -> Result<(), ModelError> {
+        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        let mut tensors: HashMap<String, Tensor> = HashMap::new();
+        for (i, name) in self.names.iter().enumerate() {
+            tensors.insert(name.clone(), self.flat_tensor(i, &self.ema[i])?);
+        }
+        write_atomic(&dir.join("model.safetensors"), |tmp| {
+            candle_core::safetensors::save(&tensors, tmp).map_err(|e| e.to_string())
+        })?;
+        let config = serde_json::to_string_pretty(&self.config.model).expect("serialisable");
+        write_atomic(&dir.join("config.json"), |tmp| {
+            std::fs::write(tmp, &config).map_err(|e| e.to_string())
+        })?;
+        write_atomic(&dir.join("tokenizer.json"), |tmp| {
+            self.tokenizer.save(tmp, true).map_err(|e| e.to_string())
+        })
+    }
+
+    /// Every parameter, for comparing two runs.
+    pub fn parameters(&self) -> Vec<(String, Tensor)> {
+        self.names.iter().map(|n| (n.clone(), self.var(n).as_tensor().clone())).collect()
+    }
+
+    pub fn parameter_count(&self) -> usize {
+        self.names.iter().map(|n| self.var(n).as_tensor().elem_count()).sum()
+    }
+}
+
+/// A VarBuilder backend that creates each parameter as a `Var` in `varmap`, drawn from a
+/// generator seeded by `(seed, name)`: normal initialisers as asked; uniform ones as a normal
+/// of the same mean and variance; Kaiming as LeCun normal (std 1/sqrt(fan_in)).
+struct SeededInit {
+    varmap: VarMap,
+    seed: u64,
+}
+
+impl candle_nn::var_builder::SimpleBackend for SeededInit {
+    fn get(
+        &self,
+        shape: candle_core::Shape,
+        name: &str,
+        init: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let n = shape.elem_count();
+        let name_hash =
+            name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+        let mut gen = TorchGenerator::new(self.seed ^ name_hash);
+        let normal = |gen: &mut TorchGenerator, mean: f64, std: f64| -> Vec<f32> {
+            gen.randn(n).iter().map(|z| (mean + std * f64::from(*z)) as f32).collect()
+        };
+        let values = match init {
+            candle_nn::Init::Const(v) => vec![v as f32; n],
+            candle_nn::Init::Randn { mean, stdev } => normal(&mut gen, mean, stdev),
+            candle_nn::Init::Uniform { lo, up } => {
+                normal(&mut gen, 0.5 * (lo + up), (up - lo) / 12f64.sqrt())
+            }
+            candle_nn::Init::Kaiming { .. } => {
+                let dims = shape.dims();
+                let fan_in: usize = dims.iter().skip(1).product::<usize>().max(1);
+                normal(&mut gen, 0.0, 1.0 / (fan_in as f64).sqrt())
+            }
+        };
+        let tensor = Tensor::from_vec(values, shape, dev)?.to_dtype(dtype)?;
+        let var = Var::from_tensor(&tensor)?;
+        self.varmap.data().lock().expect("varmap lock").insert(name.to_string(), var.clone());
+        Ok(var.as_tensor().clone())
+    }
+
+    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("{name} must be created with a shape")
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.varmap.data().lock().expect("varmap lock").contains_key(name)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct CheckpointState {
+    step: u64,
+    config: TrainConfig,
+}
+
+fn io_err(path: &Path, e: std::io::Error) -> ModelError {
+    ModelError::File { path: path.to_path_buf(), reason: e.to_string() }
+}
+
+/// Writes through a temporary file in the same folder, then renames: a kill never leaves a
+/// half-written file under the final name.
+fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<(), String>) -> Result<(), ModelError> {
+    let tmp: PathBuf = path.with_extension("tmp");
+    write(&tmp).map_err(|reason| ModelError::File { path: tmp.clone(), reason })?;
+    std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
+}
+
+/// The standard normal quantile (Acklam's rational approximation, |error| < 1.2e-9).
+fn normal_quantile(p: f64) -> f64 {
+    if p <= 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if p >= 1.0 {
+        return f64::INFINITY;
+    }
+    const A: [f64; 6] = [
+        -3.969683028665376e1,
+        2.209460984245205e2,
+        -2.759285104469687e2,
+        1.38357751867269e2,
+        -3.066479806614716e1,
+        2.506628277459239,
+    ];
+    const B: [f64; 5] = [
+        -5.447609879822406e1,
+        1.615858368580409e2,
+        -1.556989798598866e2,
+        6.680131188771972e1,
+        -1.328068155288572e1,
+    ];
+    const C: [f64; 6] = [
+        -7.784894002430293e-3,
+        -3.223964580411365e-1,
+        -2.400758277161838,
+        -2.549732539343734,
+        4.374664141464968,
+        2.938163982698783,
+    ];
+    const D: [f64; 4] = [7.784695709041462e-3, 3.224671290700398e-1, 2.445134137142996, 3.754408661907416];
+    let tail = |q: f64| {
+        (((((C[0] * q + C[1]) * q + C[2]) * q + C[3]) * q + C[4]) * q + C[5])
+            / ((((D[0] * q + D[1]) * q + D[2]) * q + D[3]) * q + 1.0)
+    };
+    if p < 0.02425 {
+        tail((-2.0 * p.ln()).sqrt())
+    } else if p > 1.0 - 0.02425 {
+        -tail((-2.0 * (1.0 - p).ln()).sqrt())
+    } else {
+        let q = p - 0.5;
+        let r = q * q;
+        (((((A[0] * r + A[1]) * r + A[2]) * r + A[3]) * r + A[4]) * r + A[5]) * q
+            / (((((B[0] * r + B[1]) * r + B[2]) * r + B[3]) * r + B[4]) * r + 1.0)
+    }
+}

@@ -1,0 +1,120 @@
+//! tiny-shapes plumbing: tokenizer, loading (and its errors), training determinism and resume.
+//! These use a tiny random configuration, not the committed weights.
+
+use candle_core::Device;
+use stride_models::tiny_shapes::train::{TrainConfig, Trainer};
+use stride_models::tiny_shapes::{tokenizer, Config};
+use stride_models::{ModelError, TinyShapes};
+
+fn tiny_config(steps: u64) -> TrainConfig {
+    TrainConfig {
+        model: Config {
+            vocab_size: stride_shapes::VOCABULARY.len() + 3,
+            text_dim: 32,
+            text_layers: 1,
+            text_heads: 2,
+            dim: 32,
+            depth: 1,
+            heads: 2,
+            patch: 4,
+            ..Config::default()
+        },
+        steps,
+        batch_size: 4,
+        warmup: 2,
+        ..TrainConfig::default()
+    }
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("stride-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn tokenizer_round_trip_and_unknown_words() {
+    let tok = tokenizer::build(&stride_shapes::VOCABULARY).unwrap();
+    let ids = tokenizer::encode(&tok, "A small Red circle, in the top left.", 32).unwrap();
+    assert_eq!(ids[0], tokenizer::BOS);
+    let words: Vec<String> = ids[1..].iter().map(|&i| tok.id_to_token(i).unwrap()).collect();
+    assert_eq!(words, ["a", "small", "red", "circle", "in", "the", "top", "left"]);
+    let unknown = tokenizer::encode(&tok, "a purple circle", 32).unwrap();
+    assert_eq!(unknown[2], tokenizer::UNK, "unknown words map to [UNK]");
+    assert_eq!(tokenizer::encode(&tok, "", 32).unwrap(), vec![tokenizer::BOS], "the empty prompt is [BOS]");
+    let long = vec!["red"; 40].join(" ");
+    let err = tokenizer::encode(&tok, &long, 32).unwrap_err().to_string();
+    assert!(err.contains("40 words") && err.contains("31"), "{err}");
+    // Saved and reloaded, it encodes the same.
+    let dir = temp_dir("tokenizer");
+    std::fs::create_dir_all(&dir).unwrap();
+    tok.save(dir.join("tokenizer.json"), false).unwrap();
+    let again = tokenizer::load(&dir.join("tokenizer.json")).unwrap();
+    assert_eq!(
+        tokenizer::encode(&again, "two green crosses", 32).unwrap(),
+        tokenizer::encode(&tok, "two green crosses", 32).unwrap()
+    );
+}
+
+#[test]
+fn exported_model_loads_and_bad_files_are_clear_errors() {
+    let dir = temp_dir("export");
+    let trainer = Trainer::new(tiny_config(1), &Device::Cpu).unwrap();
+    trainer.export(&dir).unwrap();
+    let model = TinyShapes::load(&dir, &Device::Cpu).unwrap();
+    let err = model.denoiser(&["a red circle", "  "], 4.0).err().unwrap().to_string();
+    assert!(err.contains("prompt 2 is empty"), "{err}");
+    assert!(model.denoiser(&["a red circle"], f64::NAN).is_err());
+
+    let missing = TinyShapes::load(&dir.join("nope"), &Device::Cpu).err().unwrap().to_string();
+    assert!(missing.contains("config.json"), "{missing}");
+
+    let corrupt = temp_dir("corrupt");
+    std::fs::create_dir_all(&corrupt).unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(dir.join(f), corrupt.join(f)).unwrap();
+    }
+    std::fs::write(corrupt.join("model.safetensors"), b"not safetensors").unwrap();
+    let err = TinyShapes::load(&corrupt, &Device::Cpu).err().unwrap();
+    assert!(matches!(&err, ModelError::File { path, .. } if path.ends_with("model.safetensors")), "{err}");
+
+    // A config that does not match the weights.
+    std::fs::copy(dir.join("model.safetensors"), corrupt.join("model.safetensors")).unwrap();
+    let mut config: Config =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    config.dim = 64;
+    config.heads = 4;
+    std::fs::write(corrupt.join("config.json"), serde_json::to_string(&config).unwrap()).unwrap();
+    let err = TinyShapes::load(&corrupt, &Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("do not fit config.json"), "{err}");
+
+    config.heads = 3; // 64 is not divisible by 3
+    std::fs::write(corrupt.join("config.json"), serde_json::to_string(&config).unwrap()).unwrap();
+    let err = TinyShapes::load(&corrupt, &Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("divisible"), "{err}");
+}
+
+/// Two fresh runs are identical, and a run checkpointed at step 2 and resumed ends exactly
+/// where an uninterrupted 4-step run does (bit for bit: same weights, moments and EMA).
+#[test]
+fn training_is_deterministic_and_resumes_bit_identically() {
+    let params = |t: &Trainer| -> Vec<Vec<f32>> {
+        t.parameters().iter().map(|(_, p)| p.flatten_all().unwrap().to_vec1().unwrap()).collect()
+    };
+    let mut straight = Trainer::new(tiny_config(4), &Device::Cpu).unwrap();
+    let losses: Vec<f32> = (0..4).map(|_| straight.train_step().unwrap()).collect();
+    assert!(losses.iter().all(|l| l.is_finite()));
+
+    let dir = temp_dir("resume");
+    let mut first = Trainer::new(tiny_config(4), &Device::Cpu).unwrap();
+    for _ in 0..2 {
+        first.train_step().unwrap();
+    }
+    first.save_checkpoint(&dir).unwrap();
+    drop(first);
+    let mut resumed = Trainer::resume(&dir, None, &Device::Cpu).unwrap();
+    assert_eq!(resumed.step, 2);
+    let resumed_losses: Vec<f32> = (0..2).map(|_| resumed.train_step().unwrap()).collect();
+    assert_eq!(resumed_losses, losses[2..]);
+    assert_eq!(params(&resumed), params(&straight));
+}
