@@ -4,6 +4,8 @@ mod alloc;
 mod bench;
 mod device;
 mod eval;
+mod generate;
+mod params;
 mod plot;
 mod train_base;
 
@@ -25,6 +27,10 @@ enum Command {
     /// Benchmarks that print tables (and write plots to assets/).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Text to image (the bundled tiny-shapes model by default); PNGs carry their parameters.
+    Generate(generate::Args),
+    /// Print the generation parameters stored in a PNG.
+    Info(generate::InfoArgs),
     /// ShapesEval pass rates of the bundled model on held-out prompts, per step count.
     Eval(eval::Args),
     /// Train the bundled tiny-shapes model (resumable; checkpoints every few minutes).
@@ -43,5 +49,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(command) => bench::run(command),
         Command::TrainBase(args) => train_base::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Generate(args) => generate::run(args),
+        Command::Info(args) => generate::info(args),
     }
 }

@@ -84,6 +84,16 @@ impl TinyShapes {
     /// (1 = no guidance, one model call per step; otherwise conditional and unconditional
     /// halves batched in one call).
     pub fn denoiser(&self, prompts: &[&str], cfg_scale: f64) -> Result<Guided<'_>, ModelError> {
+        self.denoiser_with_negative(prompts, "", cfg_scale)
+    }
+
+    /// As [`Self::denoiser`], guiding away from `negative` instead of the empty prompt.
+    pub fn denoiser_with_negative(
+        &self,
+        prompts: &[&str],
+        negative: &str,
+        cfg_scale: f64,
+    ) -> Result<Guided<'_>, ModelError> {
         if let Some(i) = prompts.iter().position(|p| p.trim().is_empty()) {
             return Err(ModelError::Prompt(format!(
                 "prompt {} is empty: describe the image, e.g. \"a red circle\"",
@@ -95,7 +105,7 @@ impl TinyShapes {
         }
         let mut all: Vec<&str> = prompts.to_vec();
         if cfg_scale != 1.0 {
-            all.extend(std::iter::repeat_n("", prompts.len()));
+            all.extend(std::iter::repeat_n(negative, prompts.len()));
         }
         let tokens = self.tokenize(&all)?;
         let text = self.net.text.forward(&tokens.ids, &tokens.mask)?;

@@ -1,0 +1,174 @@
+//! `stride generate` / `stride info` end to end, through the built binary, on a tiny random
+//! tiny-shapes model exported by `stride train-base` (the committed weights are not needed).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+fn stride() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_stride"))
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("stride-gen-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A tiny model folder, made once per test binary.
+fn model() -> &'static Path {
+    static MODEL: OnceLock<PathBuf> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        let root = temp_dir("model");
+        let config = root.join("train.json");
+        let json = serde_json::json!({
+            "model": {"vocab_size": 38, "max_tokens": 32, "text_dim": 32, "text_layers": 1, "text_heads": 2,
+                      "dim": 32, "depth": 1, "heads": 2, "patch": 4, "image_size": 32, "channels": 3, "mlp_ratio": 2},
+            "steps": 2, "batch_size": 2, "lr": 1e-3, "warmup": 1, "weight_decay": 0.01,
+            "ema_decay": 0.5, "cfg_dropout": 0.1, "seed": 1
+        });
+        std::fs::write(&config, json.to_string()).unwrap();
+        let out = stride()
+            .args(["train-base", "--quiet", "--out"])
+            .arg(root.join("run"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--export")
+            .arg(root.join("model"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        root.join("model")
+    })
+}
+
+fn generate(dir: &Path, args: &[&str]) -> Output {
+    stride()
+        .current_dir(dir)
+        .args(["generate", "--quiet", "--model"])
+        .arg(model())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn pixels(path: &Path) -> (u32, u32, Vec<u8>) {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    (info.width, info.height, buf[..info.buffer_size()].to_vec())
+}
+
+#[test]
+fn writes_png_with_parameters_that_info_reads_back() {
+    let dir = temp_dir("info");
+    let out = generate(&dir, &["a red circle", "--seed", "42", "--steps", "4", "-o", "img.png"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("img.png (seed 42)"));
+    let (w, h, _) = pixels(&dir.join("img.png"));
+    assert_eq!((w, h), (32, 32));
+    let info = stride().arg("info").arg(dir.join("img.png")).output().unwrap();
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(text.starts_with("a red circle\nSteps: 4, Sampler: dpmpp_2m, Schedule type: uniform, CFG scale: 3, Seed: 42, Size: 32x32"), "{text}");
+    assert!(!dir.join("img.png.tmp").exists());
+}
+
+#[test]
+fn same_seed_same_pixels_on_any_thread_count_and_from_metadata() {
+    let dir = temp_dir("repro");
+    let run = |name: &str, threads: &str| {
+        let out = stride()
+            .current_dir(&dir)
+            .env("RAYON_NUM_THREADS", threads)
+            .env("CANDLE_NUM_THREADS", threads)
+            .args(["generate", "--quiet", "--model"])
+            .arg(model())
+            .args([
+                "two green crosses",
+                "--seed",
+                "7",
+                "--steps",
+                "3",
+                "--sampler",
+                "dpmpp_2m_sde",
+                "-o",
+                name,
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        pixels(&dir.join(name)).2
+    };
+    let a = run("a.png", "1");
+    assert_eq!(a, run("b.png", "1"), "same seed twice");
+    assert_eq!(a, run("c.png", "2"), "1 versus 2 threads");
+    let out = stride()
+        .current_dir(&dir)
+        .args(["generate", "--quiet", "--weights-dir"])
+        .arg(model())
+        .arg("--from")
+        .arg(dir.join("a.png"))
+        .args(["-o", "again.png"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(pixels(&dir.join("again.png")).2, a, "--from regenerates the same pixels");
+}
+
+#[test]
+fn num_samples_use_consecutive_seeds_and_batching_does_not_change_images() {
+    let dir = temp_dir("samples");
+    let out = generate(
+        &dir,
+        &[
+            "a large yellow triangle",
+            "--seed",
+            "100",
+            "--steps",
+            "3",
+            "--num-samples",
+            "3",
+            "-o",
+            "s-{seed}.png",
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for seed in [100, 101, 102] {
+        assert!(dir.join(format!("s-{seed}.png")).exists(), "seed {seed}");
+    }
+    let single =
+        generate(&dir, &["a large yellow triangle", "--seed", "101", "--steps", "3", "-o", "one.png"]);
+    assert!(single.status.success());
+    assert_eq!(pixels(&dir.join("one.png")).2, pixels(&dir.join("s-101.png")).2);
+}
+
+#[test]
+fn bad_input_is_a_one_line_error_and_leaves_no_png() {
+    let dir = temp_dir("bad");
+    let corrupt = temp_dir("corrupt-model");
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(model().join(f), corrupt.join(f)).unwrap();
+    }
+    std::fs::write(corrupt.join("model.safetensors"), b"garbage").unwrap();
+    let corrupt_arg = corrupt.to_string_lossy().into_owned();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["", "-o", "x.png"], "empty"),
+        (vec!["a red circle", "--sampler", "eulr", "-o", "x.png"], "dpmpp_2m_sde"),
+        (vec!["a red circle", "--sigmas", "3,5,1,0", "-o", "x.png"], "sigma #1"),
+        (vec!["a red circle", "-o", "/proc/nope/x.png"], "x.png"),
+        (vec!["a red circle", "--steps", "0", "-o", "x.png"], "steps"),
+        (vec!["a red circle", "--cfg-scale", "NaN", "-o", "x.png"], "cfg"),
+        (vec!["a red circle", "--device", "cuda", "-o", "x.png"], "features cuda"),
+        (vec!["a red circle", "--weights-dir", &corrupt_arg, "-o", "x.png"], "model.safetensors"),
+    ];
+    for (args, expect) in cases {
+        let out = generate(&dir, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(expect), "{args:?}: {err}");
+        assert!(!err.contains("panicked") && err.trim().lines().count() == 1, "{args:?}: {err}");
+        assert!(!dir.join("x.png").exists(), "{args:?} left a PNG");
+    }
+}
