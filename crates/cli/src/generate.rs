@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use stride_models::TinyShapes;
-use stride_solvers::{Denoiser, Sampler, Scheduler, Sigmas, TorchNoise};
+use stride_solvers::{AdaptiveSampler, Denoiser, Sampler, Scheduler, Sigmas, TorchNoise};
 
 use crate::device::DeviceArg;
 use crate::params::Params;
@@ -30,7 +30,7 @@ pub struct Args {
     #[arg(long)]
     weights_dir: Option<PathBuf>,
     /// Sampler (euler, euler_ancestral, heun, ddim, dpmpp_2m, dpmpp_3m, dpmpp_2s,
-    /// dpmpp_2s_ancestral, dpmpp_2m_sde, dpmpp_3m_sde).
+    /// dpmpp_2s_ancestral, dpmpp_2m_sde, dpmpp_3m_sde; adaptive: adaptive_sde, dpm_adaptive).
     #[arg(long, default_value = "dpmpp_2m")]
     sampler: String,
     /// Step schedule (uniform, karras, exponential, ...; flow models start from pure noise, so
@@ -45,6 +45,15 @@ pub struct Args {
     /// Stochasticity of ancestral / SDE samplers and DDIM.
     #[arg(long)]
     eta: Option<f64>,
+    /// Relative tolerance of the adaptive samplers (default 0.05).
+    #[arg(long)]
+    rtol: Option<f64>,
+    /// Absolute tolerance of the adaptive samplers (default 0.0078).
+    #[arg(long)]
+    atol: Option<f64>,
+    /// Model-evaluation cap of the adaptive samplers.
+    #[arg(long, default_value_t = 1000)]
+    max_nfe: usize,
     #[arg(long, default_value_t = 3.0)]
     cfg_scale: f64,
     /// What to steer away from (replaces the empty prompt of classifier-free guidance).
@@ -110,7 +119,7 @@ pub fn run(args: Args) -> Result<()> {
             end += 1;
         }
         let batch = &jobs[start..end];
-        let images = sample(&model, batch, &device, &bars)?;
+        let images = sample(&model, batch, args.max_nfe, &device, &bars)?;
         for (job, image) in batch.iter().zip(images) {
             let path = output_path(&args.output, &job.params, job.index, jobs.len());
             write_png(&path, &image, &job.params)?;
@@ -146,7 +155,13 @@ fn jobs(args: &Args) -> Result<Vec<Job>> {
         bail!("prompt {} is empty: describe the image, e.g. \"a red circle\"", i + 1);
     }
     // Validate names and numbers before loading anything.
-    let _: Sampler = args.sampler.parse()?;
+    if args.sampler.parse::<AdaptiveSampler>().is_err() {
+        let _: Sampler = args.sampler.parse()?;
+    }
+    for (name, tol) in [("--rtol", args.rtol), ("--atol", args.atol)] {
+        anyhow::ensure!(tol.is_none_or(|t| t.is_finite() && t > 0.0), "{name} must be a positive number");
+    }
+    anyhow::ensure!(args.max_nfe > 0, "--max-nfe must be at least 1");
     let _: Scheduler = args.scheduler.parse()?;
     if let Some(s) = &args.sigmas {
         Sigmas::parse(s).context("--sigmas")?;
@@ -169,6 +184,8 @@ fn jobs(args: &Args) -> Result<Vec<Job>> {
                 scheduler: args.scheduler.clone(),
                 sigmas: args.sigmas.clone(),
                 eta: args.eta,
+                rtol: args.rtol,
+                atol: args.atol,
                 cfg_scale: args.cfg_scale,
                 seed: seed.wrapping_add(i as u64),
                 width: stride_shapes::SIDE,
@@ -206,10 +223,38 @@ fn same_but_seed(a: &Params, b: &Params) -> bool {
 }
 
 /// Samples a batch of jobs that differ only in their seeds.
-fn sample(model: &TinyShapes, batch: &[Job], device: &Device, bars: &MultiProgress) -> Result<Vec<Tensor>> {
+fn sample(
+    model: &TinyShapes,
+    batch: &[Job],
+    max_nfe: usize,
+    device: &Device,
+    bars: &MultiProgress,
+) -> Result<Vec<Tensor>> {
     let p = &batch[0].params;
     let prompts: Vec<&str> = batch.iter().map(|j| j.params.prompt.as_str()).collect();
     let denoiser = model.denoiser_with_negative(&prompts, &p.negative_prompt, p.cfg_scale)?;
+    let seeds: Vec<u64> = batch.iter().map(|j| j.params.seed).collect();
+    let mut noise = TorchNoise::new(&seeds);
+    let dims = [batch.len(), 3, p.height, p.width];
+    if let Ok(mut adaptive) = p.sampler.parse::<AdaptiveSampler>() {
+        adaptive.set_tolerances(p.rtol, p.atol);
+        adaptive.set_max_nfe(max_nfe);
+        let (hi, lo) = AdaptiveSampler::sigma_range(denoiser.schedule());
+        let x = adaptive.initial_latent(&denoiser, hi, &dims, &mut noise, device)?;
+        let bar = bars.add(ProgressBar::new_spinner());
+        let (out, stats) = adaptive.sample(&denoiser, x, hi, lo, &mut noise, |step| {
+            bar.set_message(format!("iteration {}", step.iteration + 1));
+        })?;
+        bar.finish_and_clear();
+        bars.suspend(|| {
+            eprintln!("{stats}");
+            for warning in stats.warnings() {
+                eprintln!("warning: {warning}");
+            }
+        });
+        let out = out.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+        return (0..batch.len()).map(|i| Ok(out.get(i)?)).collect();
+    }
     let mut sampler: Sampler = p.sampler.parse()?;
     if let Some(eta) = p.eta {
         sampler.eta = eta;
@@ -218,9 +263,6 @@ fn sample(model: &TinyShapes, batch: &[Job], device: &Device, bars: &MultiProgre
         Some(list) => Sigmas::parse(list)?,
         None => p.scheduler.parse::<Scheduler>()?.sigmas(denoiser.schedule(), p.steps)?,
     };
-    let seeds: Vec<u64> = batch.iter().map(|j| j.params.seed).collect();
-    let mut noise = TorchNoise::new(&seeds);
-    let dims = [batch.len(), 3, p.height, p.width];
     let x = sampler.initial_latent(&denoiser, &sigmas, &dims, &mut noise, device)?;
     let bar = bars.add(ProgressBar::new(sigmas.steps() as u64));
     bar.set_style(ProgressStyle::with_template("steps  {bar:30} {pos}/{len} {per_sec} [{eta_precise}]")?);

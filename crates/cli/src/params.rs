@@ -18,6 +18,9 @@ pub struct Params {
     /// A custom schedule (`--sigmas`), which then overrides `scheduler` and `steps`.
     pub sigmas: Option<String>,
     pub eta: Option<f64>,
+    /// Tolerances of the adaptive samplers.
+    pub rtol: Option<f64>,
+    pub atol: Option<f64>,
     pub cfg_scale: f64,
     pub seed: u64,
     pub width: usize,
@@ -40,6 +43,12 @@ impl Params {
         ];
         if let Some(eta) = self.eta {
             fields.push(("Eta", eta.to_string()));
+        }
+        if let Some(rtol) = self.rtol {
+            fields.push(("RTol", rtol.to_string()));
+        }
+        if let Some(atol) = self.atol {
+            fields.push(("ATol", atol.to_string()));
         }
         if let Some(sigmas) = &self.sigmas {
             fields.push(("Sigmas", sigmas.clone()));
@@ -81,6 +90,8 @@ impl Params {
             scheduler: get("Schedule type").unwrap_or_else(|| "uniform".into()),
             sigmas: get("Sigmas"),
             eta: get("Eta").map(|e| e.parse()).transpose().context("Eta")?,
+            rtol: get("RTol").map(|e| e.parse()).transpose().context("RTol")?,
+            atol: get("ATol").map(|e| e.parse()).transpose().context("ATol")?,
             cfg_scale: need("CFG scale")?.parse().context("CFG scale")?,
             seed: need("Seed")?.parse().context("Seed")?,
             width,
@@ -144,6 +155,8 @@ mod tests {
             scheduler: "uniform".into(),
             sigmas: Some("14.6,7.8,3.5,0".into()),
             eta: Some(0.5),
+            rtol: Some(0.01),
+            atol: None,
             cfg_scale: 3.5,
             seed: 42,
             width: 32,
@@ -153,7 +166,7 @@ mod tests {
         let text = params.to_text();
         assert!(text.contains("Sigmas: \"14.6,7.8,3.5,0\""), "{text}");
         assert_eq!(Params::from_text(&text).unwrap(), params);
-        let plain = Params { negative_prompt: String::new(), sigmas: None, eta: None, ..params };
+        let plain = Params { negative_prompt: String::new(), sigmas: None, eta: None, rtol: None, ..params };
         assert_eq!(Params::from_text(&plain.to_text()).unwrap(), plain);
     }
 }

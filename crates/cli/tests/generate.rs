@@ -172,3 +172,25 @@ fn bad_input_is_a_one_line_error_and_leaves_no_png() {
         assert!(!dir.join("x.png").exists(), "{args:?} left a PNG");
     }
 }
+
+#[test]
+fn adaptive_samplers_report_their_steps_and_respect_the_cap() {
+    let dir = temp_dir("adaptive");
+    for sampler in ["adaptive_sde", "dpm_adaptive"] {
+        let out = generate(
+            &dir,
+            &["a red circle", "--seed", "1", "--sampler", sampler, "--rtol", "0.1", "-o", "a.png"],
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{sampler}: {err}");
+        assert!(err.contains("NFE") || err.contains("nfe"), "{sampler} printed no NFE: {err}");
+        let info = stride().arg("info").arg(dir.join("a.png")).output().unwrap();
+        assert!(String::from_utf8_lossy(&info.stdout).contains("RTol: 0.1"));
+        let capped = generate(&dir, &["a red circle", "--sampler", sampler, "--max-nfe", "4", "-o", "b.png"]);
+        let err = String::from_utf8_lossy(&capped.stderr);
+        assert!(
+            capped.status.success() && err.contains("warning") && err.contains("sample 0"),
+            "{sampler}: {err}"
+        );
+    }
+}

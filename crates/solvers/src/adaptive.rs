@@ -907,6 +907,16 @@ impl AdaptiveSampler {
         }
     }
 
+    /// Sets the relative and absolute tolerances (`--rtol`, `--atol`); `None` keeps the default.
+    pub fn set_tolerances(&mut self, rtol: Option<f64>, atol: Option<f64>) {
+        let (r, a) = match self {
+            Self::Sde(s) => (&mut s.rtol, &mut s.atol),
+            Self::Dpm(s) => (&mut s.rtol, &mut s.atol),
+        };
+        *r = rtol.unwrap_or(*r);
+        *a = atol.unwrap_or(*a);
+    }
+
     /// The default `(sigma_max, sigma_min)` for a schedule: its trained range, except that flow
     /// models start at `t = 1 - 1e-3` rather than at pure noise (`s = inf`).
     pub fn sigma_range(schedule: &NoiseSchedule) -> (f64, f64) {

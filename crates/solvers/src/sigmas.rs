@@ -220,7 +220,9 @@ impl Scheduler {
                 let (t_min, t_max) = schedule.t_range();
                 if schedule.sigma_at(t_min) == 0.0 {
                     // The time range reaches the data (flow): the last point is already sigma 0.
-                    return Sigmas::new(linspace(t_max, t_min, steps + 1).map(|t| schedule.sigma_at(t)).collect());
+                    return Sigmas::new(
+                        linspace(t_max, t_min, steps + 1).map(|t| schedule.sigma_at(t)).collect(),
+                    );
                 }
                 linspace(t_max, t_min, steps).map(|t| schedule.sigma_at(t)).collect()
             }
