@@ -1,5 +1,6 @@
 //! `stride bench ...`: benchmarks that print tables and write plots.
 
+mod generate;
 mod solvers;
 
 use anyhow::Result;
@@ -12,10 +13,16 @@ pub enum BenchCommand {
     ///
     /// Example: `stride bench solvers` (full, about a minute), `stride bench solvers --quick`.
     Solvers(solvers::Args),
+    /// Images/s and seconds per step of the bundled model at batch 1 and 8, and the share of
+    /// each step spent in the solver versus the model.
+    ///
+    /// Example: `stride bench generate`, `stride bench generate --batch 1,8,32 --steps 10`.
+    Generate(generate::Args),
 }
 
 pub fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Solvers(args) => solvers::run(args),
+        BenchCommand::Generate(args) => generate::run(args),
     }
 }
