@@ -38,6 +38,9 @@ pub struct Args {
     /// Also export the EMA weights as a model folder here when done (e.g. models/tiny-shapes).
     #[arg(long)]
     export: Option<PathBuf>,
+    /// Export the raw weights instead of the EMA ones.
+    #[arg(long)]
+    export_raw: bool,
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
     /// No progress bar.
@@ -100,8 +103,9 @@ pub fn run(args: Args) -> Result<()> {
     }
     bar.finish();
     if let Some(dir) = &args.export {
-        trainer.export(dir)?;
-        eprintln!("exported the EMA weights to {}", dir.display());
+        trainer.export_weights(dir, !args.export_raw)?;
+        let which = if args.export_raw { "raw" } else { "EMA" };
+        eprintln!("exported the {which} weights to {}", dir.display());
     }
     Ok(())
 }

@@ -243,10 +243,18 @@ impl Trainer {
     /// Writes the EMA weights as a loadable model folder (`config.json`, `tokenizer.json`,
     /// `model.safetensors`).
     pub fn export(&self, dir: &Path) -> Result<(), ModelError> {
+        self.export_weights(dir, true)
+    }
+
+    /// As [`Self::export`], with the EMA weights (`ema`) or the raw ones (early in a run the
+    /// EMA still leans on the initialisation).
+    pub fn export_weights(&self, dir: &Path, ema: bool) -> Result<(), ModelError> {
         std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
         let mut tensors: HashMap<String, Tensor> = HashMap::new();
         for (i, name) in self.names.iter().enumerate() {
-            tensors.insert(name.clone(), self.flat_tensor(i, &self.ema[i])?);
+            let tensor =
+                if ema { self.flat_tensor(i, &self.ema[i])? } else { self.var(name).as_tensor().copy()? };
+            tensors.insert(name.clone(), tensor);
         }
         write_atomic(&dir.join("model.safetensors"), |tmp| {
             candle_core::safetensors::save(&tensors, tmp).map_err(|e| e.to_string())
