@@ -1,12 +1,12 @@
-//! `stride generate`: text to image with the bundled model (Stable Diffusion to come), and
-//! `stride info`: the parameters stored in an image.
+//! `stride generate`: text to image with the bundled model or Stable Diffusion (1.5, 2.1, XL,
+//! Turbo), and `stride info`: the parameters stored in an image.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use stride_models::TinyShapes;
+use stride_models::{StableDiffusion, TinyShapes, Variant};
 use stride_solvers::{AdaptiveSampler, Denoiser, Sampler, Scheduler, Sigmas, TorchNoise};
 
 use crate::device::DeviceArg;
@@ -18,30 +18,44 @@ use crate::params::Params;
   stride generate \"two green crosses on a black background\" --seed 7 --steps 20 --sampler euler
   stride generate \"a large yellow triangle\" --num-samples 4 -o out/{seed}.png
   stride generate \"a small red square\" --sigmas \"99,3,1,0.3,0\"
+  stride generate \"a lighthouse at dusk\" --model sd15 --width 768 --height 512
+  stride generate \"a lighthouse at dusk\" --model sdxl-turbo   # 1 step, no guidance
+  stride generate \"a lighthouse at dusk\" --model sd21 --weights-dir ./stable-diffusion-2-1
   stride generate --from stride-42.png            # regenerate an image from its metadata")]
 pub struct Args {
     /// What to draw.
     prompt: Option<String>,
-    /// Model: tiny-shapes (bundled) or a folder holding one (config.json, tokenizer.json,
-    /// model.safetensors).
+    /// Model: tiny-shapes (bundled); Stable Diffusion sd15, sd21, sdxl, sd-turbo, sdxl-turbo
+    /// (from the Hugging Face cache or Hub; HF_HOME, HF_HUB_OFFLINE honoured); or a folder:
+    /// tiny-shapes files (config.json, tokenizer.json, model.safetensors) or a diffusers
+    /// Stable Diffusion folder (unet/, vae/, text_encoder/, ...).
     #[arg(long, default_value = "tiny-shapes")]
     model: String,
-    /// Folder with the model's files (overrides where --model looks).
+    /// Folder with the model's files (overrides where --model looks; for Stable Diffusion a
+    /// diffusers folder, read instead of the Hugging Face cache or Hub).
     #[arg(long)]
     weights_dir: Option<PathBuf>,
+    /// Image width in pixels (Stable Diffusion: a multiple of 8; default: the model's).
+    #[arg(long)]
+    width: Option<u32>,
+    /// Image height in pixels (Stable Diffusion: a multiple of 8; default: the model's).
+    #[arg(long)]
+    height: Option<u32>,
     /// Sampler (euler, euler_ancestral, heun, ddim, dpmpp_2m, dpmpp_3m, dpmpp_2s,
     /// dpmpp_2s_ancestral, dpmpp_2m_sde, dpmpp_3m_sde; adaptive: adaptive_sde, dpm_adaptive).
     #[arg(long, default_value = "dpmpp_2m")]
     sampler: String,
-    /// Step schedule (uniform, karras, exponential, ...; flow models start from pure noise, so
-    /// uniform is the one that needs no sigma_max).
-    #[arg(long, default_value = "uniform")]
-    scheduler: String,
+    /// Step schedule (uniform, karras, exponential, leading, trailing, ...; flow models start
+    /// from pure noise, so uniform is the one that needs no sigma_max). Default: uniform for
+    /// tiny-shapes; leading for Stable Diffusion, trailing for the Turbo models.
+    #[arg(long)]
+    scheduler: Option<String>,
     /// A custom schedule, comma-separated k-diffusion sigmas (as stable-diffusion.cpp).
     #[arg(long)]
     sigmas: Option<String>,
-    #[arg(long, default_value_t = 20)]
-    steps: usize,
+    /// Default: 20 for tiny-shapes; 30 for Stable Diffusion, 1 for the Turbo models.
+    #[arg(long)]
+    steps: Option<usize>,
     /// Stochasticity of ancestral / SDE samplers and DDIM.
     #[arg(long)]
     eta: Option<f64>,
@@ -54,8 +68,10 @@ pub struct Args {
     /// Model-evaluation cap of the adaptive samplers.
     #[arg(long, default_value_t = 1000)]
     max_nfe: usize,
-    #[arg(long, default_value_t = 3.0)]
-    cfg_scale: f64,
+    /// Classifier-free guidance (1 = none). Default: 3 for tiny-shapes, 7.5 for SD 1.5 / 2.1,
+    /// 5 for SDXL, 1 for the Turbo models.
+    #[arg(long)]
+    cfg_scale: Option<f64>,
     /// What to steer away from (replaces the empty prompt of classifier-free guidance).
     #[arg(long, default_value = "")]
     negative_prompt: String,
@@ -77,7 +93,7 @@ pub struct Args {
     from: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
-    /// Compute dtype (tiny-shapes runs in f32).
+    /// Compute dtype: f32, or f16 / bf16 for Stable Diffusion (tiny-shapes runs in f32).
     #[arg(long, default_value = "f32")]
     dtype: String,
     /// No progress bars.
@@ -92,16 +108,36 @@ struct Job {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    anyhow::ensure!(args.dtype == "f32", "--dtype {}: tiny-shapes runs in f32", args.dtype);
+    let dtype = match args.dtype.as_str() {
+        "f32" => DType::F32,
+        "f16" => DType::F16,
+        "bf16" => DType::BF16,
+        other => bail!("--dtype {other}: use f32, f16 or bf16"),
+    };
     anyhow::ensure!(
         args.batch_size > 0 && args.num_samples > 0,
         "--batch-size and --num-samples must be at least 1"
     );
     let jobs = jobs(&args)?;
     let device = args.device.open()?;
-    let model_dir = model_dir(&args, &jobs[0].params.model)?;
-    let model = TinyShapes::load(&model_dir, &device)
-        .with_context(|| format!("loading the model from {}", model_dir.display()))?;
+    let model = match choose_model(&args, &jobs[0].params.model)? {
+        Choice::Tiny(dir) => {
+            anyhow::ensure!(dtype == DType::F32, "--dtype {}: tiny-shapes runs in f32", args.dtype);
+            let tiny = TinyShapes::load(&dir, &device)
+                .with_context(|| format!("loading the model from {}", dir.display()))?;
+            Model::Tiny(Box::new(tiny))
+        }
+        Choice::Sd { variant, dir } => {
+            let sd =
+                StableDiffusion::load(variant, dir.as_deref(), &device, dtype).with_context(
+                    || match &dir {
+                        Some(d) => format!("loading {variant} from {}", d.display()),
+                        None => format!("loading {variant} ({})", variant.repo()),
+                    },
+                )?;
+            Model::Sd(Box::new(sd))
+        }
+    };
     let bars = MultiProgress::new();
     if args.quiet {
         bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -162,12 +198,38 @@ fn jobs(args: &Args) -> Result<Vec<Job>> {
         anyhow::ensure!(tol.is_none_or(|t| t.is_finite() && t > 0.0), "{name} must be a positive number");
     }
     anyhow::ensure!(args.max_nfe > 0, "--max-nfe must be at least 1");
-    let _: Scheduler = args.scheduler.parse()?;
+    // The model's defaults for what was not given.
+    let choice = choose_model(args, &args.model)?;
+    let (steps, scheduler, cfg_scale, width, height) = match &choice {
+        Choice::Tiny(_) => (20, "uniform", 3.0, stride_shapes::SIDE, stride_shapes::SIDE),
+        Choice::Sd { variant, .. } => {
+            let d = variant.defaults();
+            (d.steps, d.scheduler, d.cfg_scale, d.width, d.height)
+        }
+    };
+    let steps = args.steps.unwrap_or(steps);
+    let scheduler = args.scheduler.clone().unwrap_or_else(|| scheduler.to_string());
+    let cfg_scale = args.cfg_scale.unwrap_or(cfg_scale);
+    let size = |arg: Option<u32>, default: usize| arg.map_or(default, |v| v as usize);
+    let (width, height) = (size(args.width, width), size(args.height, height));
+    if let Choice::Tiny(_) = choice {
+        anyhow::ensure!(
+            (width, height) == (stride_shapes::SIDE, stride_shapes::SIDE),
+            "--width/--height: tiny-shapes draws {0}x{0} images",
+            stride_shapes::SIDE
+        );
+    } else {
+        anyhow::ensure!(
+            width > 0 && height > 0 && width.is_multiple_of(8) && height.is_multiple_of(8),
+            "--width {width} --height {height}: Stable Diffusion needs positive multiples of 8"
+        );
+    }
+    let _: Scheduler = scheduler.parse()?;
     if let Some(s) = &args.sigmas {
         Sigmas::parse(s).context("--sigmas")?;
     }
-    anyhow::ensure!(args.steps > 0, "--steps must be at least 1");
-    anyhow::ensure!(args.cfg_scale.is_finite(), "--cfg-scale must be a finite number");
+    anyhow::ensure!(steps > 0, "--steps must be at least 1");
+    anyhow::ensure!(cfg_scale.is_finite(), "--cfg-scale must be a finite number");
     if let Some(eta) = args.eta {
         anyhow::ensure!(eta.is_finite() && eta >= 0.0, "--eta must be a finite number >= 0");
     }
@@ -179,17 +241,17 @@ fn jobs(args: &Args) -> Result<Vec<Job>> {
             let params = Params {
                 prompt: prompt.clone(),
                 negative_prompt: args.negative_prompt.clone(),
-                steps: args.steps,
+                steps,
                 sampler: args.sampler.clone(),
-                scheduler: args.scheduler.clone(),
+                scheduler: scheduler.clone(),
                 sigmas: args.sigmas.clone(),
                 eta: args.eta,
                 rtol: args.rtol,
                 atol: args.atol,
-                cfg_scale: args.cfg_scale,
+                cfg_scale,
                 seed: seed.wrapping_add(i as u64),
-                width: stride_shapes::SIDE,
-                height: stride_shapes::SIDE,
+                width,
+                height,
                 model: args.model.clone(),
             };
             jobs.push(Job { params, index });
@@ -204,17 +266,45 @@ fn random_seed() -> u64 {
     (nanos % u32::MAX as u128) as u64
 }
 
-fn model_dir(args: &Args, model: &str) -> Result<PathBuf> {
+/// Which model to load, and from where.
+enum Choice {
+    Tiny(PathBuf),
+    /// A Stable Diffusion variant; `dir` is a diffusers folder, else the Hugging Face cache/Hub.
+    Sd {
+        variant: Variant,
+        dir: Option<PathBuf>,
+    },
+}
+
+/// A loaded model.
+enum Model {
+    Tiny(Box<TinyShapes>),
+    Sd(Box<StableDiffusion>),
+}
+
+fn is_diffusers_dir(dir: &Path) -> bool {
+    dir.join("unet/config.json").is_file()
+}
+
+fn choose_model(args: &Args, model: &str) -> Result<Choice> {
+    let sd_in = |dir: &Path| -> Result<Choice> {
+        let variant = Variant::infer(dir).with_context(|| format!("reading {}", dir.display()))?;
+        Ok(Choice::Sd { variant, dir: Some(dir.to_path_buf()) })
+    };
+    if let Some(variant) = Variant::from_name(model) {
+        return Ok(Choice::Sd { variant, dir: args.weights_dir.clone() });
+    }
     if let Some(dir) = &args.weights_dir {
-        return Ok(dir.clone());
+        return if is_diffusers_dir(dir) { sd_in(dir) } else { Ok(Choice::Tiny(dir.clone())) };
     }
     match model {
-        "tiny-shapes" => Ok(TinyShapes::default_dir()),
-        "sd15" | "sd21" | "sdxl" | "sd-turbo" | "sdxl-turbo" => {
-            bail!("--model {model}: Stable Diffusion is not in this version of stride yet; use --model tiny-shapes")
-        }
-        path if Path::new(path).is_dir() => Ok(PathBuf::from(path)),
-        other => bail!("--model {other}: not a known model (tiny-shapes) nor a folder"),
+        "tiny-shapes" => Ok(Choice::Tiny(TinyShapes::default_dir())),
+        path if is_diffusers_dir(Path::new(path)) => sd_in(Path::new(path)),
+        path if Path::new(path).is_dir() => Ok(Choice::Tiny(PathBuf::from(path))),
+        other => bail!(
+            "--model {other}: not a known model (tiny-shapes, {}) nor a folder",
+            Variant::ALL.map(|v| v.name()).join(", ")
+        ),
     }
 }
 
@@ -224,7 +314,7 @@ fn same_but_seed(a: &Params, b: &Params) -> bool {
 
 /// Samples a batch of jobs that differ only in their seeds.
 fn sample(
-    model: &TinyShapes,
+    model: &Model,
     batch: &[Job],
     max_nfe: usize,
     device: &Device,
@@ -232,17 +322,35 @@ fn sample(
 ) -> Result<Vec<Tensor>> {
     let p = &batch[0].params;
     let prompts: Vec<&str> = batch.iter().map(|j| j.params.prompt.as_str()).collect();
-    let denoiser = model.denoiser_with_negative(&prompts, &p.negative_prompt, p.cfg_scale)?;
+    let (denoiser, dims): (Box<dyn Denoiser + '_>, [usize; 4]) = match model {
+        Model::Tiny(tiny) => (
+            Box::new(tiny.denoiser_with_negative(&prompts, &p.negative_prompt, p.cfg_scale)?),
+            [batch.len(), 3, p.height, p.width],
+        ),
+        Model::Sd(sd) => (
+            Box::new(sd.denoiser(&prompts, &p.negative_prompt, p.cfg_scale, p.width, p.height)?),
+            sd.latent_dims(batch.len(), p.width, p.height)?,
+        ),
+    };
+    let denoiser = &*denoiser;
+    // Latents to images (Stable Diffusion's VAE), one [3, H, W] per sample.
+    let images = |out: Tensor| -> Result<Vec<Tensor>> {
+        let out = match model {
+            Model::Tiny(_) => out,
+            Model::Sd(sd) => sd.decode(&out)?,
+        };
+        let out = out.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+        (0..batch.len()).map(|i| Ok(out.get(i)?)).collect()
+    };
     let seeds: Vec<u64> = batch.iter().map(|j| j.params.seed).collect();
     let mut noise = TorchNoise::new(&seeds);
-    let dims = [batch.len(), 3, p.height, p.width];
     if let Ok(mut adaptive) = p.sampler.parse::<AdaptiveSampler>() {
         adaptive.set_tolerances(p.rtol, p.atol);
         adaptive.set_max_nfe(max_nfe);
         let (hi, lo) = AdaptiveSampler::sigma_range(denoiser.schedule());
-        let x = adaptive.initial_latent(&denoiser, hi, &dims, &mut noise, device)?;
+        let x = adaptive.initial_latent(denoiser, hi, &dims, &mut noise, device)?;
         let bar = bars.add(ProgressBar::new_spinner());
-        let (out, stats) = adaptive.sample(&denoiser, x, hi, lo, &mut noise, |step| {
+        let (out, stats) = adaptive.sample(denoiser, x, hi, lo, &mut noise, |step| {
             bar.set_message(format!("iteration {}", step.iteration + 1));
         })?;
         bar.finish_and_clear();
@@ -252,8 +360,7 @@ fn sample(
                 eprintln!("warning: {warning}");
             }
         });
-        let out = out.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
-        return (0..batch.len()).map(|i| Ok(out.get(i)?)).collect();
+        return images(out);
     }
     let mut sampler: Sampler = p.sampler.parse()?;
     if let Some(eta) = p.eta {
@@ -263,14 +370,13 @@ fn sample(
         Some(list) => Sigmas::parse(list)?,
         None => p.scheduler.parse::<Scheduler>()?.sigmas(denoiser.schedule(), p.steps)?,
     };
-    let x = sampler.initial_latent(&denoiser, &sigmas, &dims, &mut noise, device)?;
+    let x = sampler.initial_latent(denoiser, &sigmas, &dims, &mut noise, device)?;
     let bar = bars.add(ProgressBar::new(sigmas.steps() as u64));
     bar.set_style(ProgressStyle::with_template("steps  {bar:30} {pos}/{len} {per_sec} [{eta_precise}]")?);
     let out =
-        sampler.sample(&denoiser, x, &sigmas, &mut noise, |step| bar.set_position(step.index as u64 + 1))?;
+        sampler.sample(denoiser, x, &sigmas, &mut noise, |step| bar.set_position(step.index as u64 + 1))?;
     bar.finish_and_clear();
-    let out = out.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
-    (0..batch.len()).map(|i| Ok(out.get(i)?)).collect()
+    images(out)
 }
 
 fn output_path(template: &str, params: &Params, index: usize, count: usize) -> PathBuf {

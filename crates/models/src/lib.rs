@@ -4,7 +4,9 @@
 //! model that every solver test and benchmark uses.
 
 pub mod gmm;
+pub mod sd;
 pub mod tiny_shapes;
 
 pub use gmm::{GaussianMixture, MixtureError};
+pub use sd::{SdError, StableDiffusion, Variant};
 pub use tiny_shapes::{ModelError, TinyShapes};

@@ -60,7 +60,10 @@ pub fn run(args: Args) -> Result<()> {
         args.steps,
         args.cfg_scale
     );
-    println!("{:>6} {:>10} {:>12} {:>14} {:>14}", "batch", "images/s", "s / step", "model share", "solver share");
+    println!(
+        "{:>6} {:>10} {:>12} {:>14} {:>14}",
+        "batch", "images/s", "s / step", "model share", "solver share"
+    );
     for &batch in &args.batch {
         anyhow::ensure!(batch > 0, "--batch sizes must be at least 1");
         let prompts = vec!["a large red circle in the top left and a small blue square at the bottom"; batch];
