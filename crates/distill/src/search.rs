@@ -1,0 +1,450 @@
+//! The model-facing part: run the teacher, then search each calibration sample's schedule
+//! with the student's own update, batching model calls across samples and frontier states.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use candle_core::{DType, Tensor};
+use stride_solvers::{Family, NoiseSchedule, Sampler, SamplerKind, Sigmas, TorchNoise};
+
+use crate::dp::{self, OssSearch, Path};
+use crate::error::DistillError;
+use crate::model::{predict_x0, InOrder, Query, RowDenoiser};
+use crate::student::{Distance, Student};
+use crate::teacher::{self, Trajectory};
+
+/// How the schedule is searched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// OSS: the student runs; per (step, grid index) the best landing survives. N + K N model
+    /// evaluations per sample.
+    Oss,
+    /// BOSS / GITS: local costs of one student step between the teacher's own states, then the
+    /// exact K-edge shortest path. Only the teacher's N evaluations per sample (with the x_t
+    /// distance); single-step students (euler, ddim).
+    Exact,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Oss => "oss",
+            Method::Exact => "exact",
+        }
+    }
+}
+
+/// What to distill, and how.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The solver the schedule is for.
+    pub student: Sampler,
+    /// Its step count (= NFE for the supported solvers).
+    pub steps: usize,
+    /// The fine solver that makes the reference trajectory (euler: DDIM for VP models).
+    pub teacher: Sampler,
+    /// The teacher's grid, N + 1 sigmas ending at 0; the student lands only on these.
+    pub grid: Sigmas,
+    /// How the grid is spaced, for the schedule file.
+    pub grid_name: String,
+    pub method: Method,
+    pub distance: Distance,
+    /// Calibration samples searched together (their model calls share batches).
+    pub batch: usize,
+    /// Most rows in one model call.
+    pub max_rows: usize,
+}
+
+impl Config {
+    /// OSS with the x_t distance (N + K N evaluations per sample; see [`Distance`]) over the
+    /// default 200-step grid, an euler teacher, for `student` at `steps` steps.
+    pub fn new(schedule: &NoiseSchedule, student: Sampler, steps: usize) -> Result<Self, DistillError> {
+        Ok(Self {
+            student,
+            steps,
+            teacher: Sampler::new(SamplerKind::Euler),
+            grid: teacher::default_grid(schedule, teacher::DEFAULT_GRID_STEPS)?,
+            grid_name: teacher::default_grid_name(schedule).into(),
+            method: Method::Oss,
+            distance: Distance::Xt,
+            batch: 8,
+            max_rows: 256,
+        })
+    }
+}
+
+/// One calibration sample's own schedule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleSchedule {
+    /// Grid indices from N down to 0.
+    pub indices: Vec<usize>,
+    /// The matching sigmas, first to last.
+    pub sigmas: Vec<f64>,
+    /// The search's objective: the final distance to the teacher (OSS), or the sum of local
+    /// costs (exact).
+    pub cost: f64,
+}
+
+/// The result of [`distill`].
+#[derive(Debug, Clone)]
+pub struct Distilled {
+    pub grid: Sigmas,
+    pub samples: Vec<SampleSchedule>,
+    /// The teacher's final states, `(samples, ...)`, to measure a shared schedule against.
+    pub teacher_finals: Tensor,
+}
+
+/// What [`distill`] reports as it goes.
+#[derive(Debug)]
+pub enum Progress<'a> {
+    /// The teacher is about to run samples `first .. first + count` of `total`.
+    Teacher { first: usize, count: usize, total: usize },
+    /// Sample `index` of `total` is done.
+    Sample { index: usize, total: usize, schedule: &'a SampleSchedule },
+}
+
+/// Distills one schedule per calibration sample. `noise` holds the samples' unit Gaussian
+/// noise, `(samples, ...)`; each starts at the grid's first sigma.
+pub fn distill(
+    model: &dyn RowDenoiser,
+    noise: &Tensor,
+    config: &Config,
+    mut progress: impl FnMut(Progress),
+) -> Result<Distilled, DistillError> {
+    let total = noise.dim(0)?;
+    if noise.rank() < 2 || total == 0 {
+        return Err(DistillError::Config(format!(
+            "calibration noise must be a non-empty batch (samples, ...), got shape {:?}",
+            noise.dims()
+        )));
+    }
+    let search = Search::new(model, config, noise.dims()[1..].to_vec())?;
+    let x_start = noise.affine(search.family.sigma(config.grid.first()), 0.0)?;
+    let mut samples = Vec::with_capacity(total);
+    let mut finals = Vec::with_capacity(total);
+    for first in (0..total).step_by(config.batch.max(1)) {
+        let rows: Vec<usize> = (first..total.min(first + config.batch.max(1))).collect();
+        progress(Progress::Teacher { first, count: rows.len(), total });
+        let x = x_start.narrow(0, first, rows.len())?;
+        let trajectories = teacher::run(model, &config.teacher, &config.grid, &x, &rows)?;
+        let paths = match config.method {
+            Method::Oss => search.oss(model, &trajectories, &rows)?,
+            Method::Exact => search.exact(model, &trajectories, &rows)?,
+        };
+        for ((path, trajectory), &index) in paths.into_iter().zip(&trajectories).zip(&rows) {
+            finals.push(trajectory.states.get(0)?.reshape(search.dims.as_slice())?);
+            let sigmas = path.indices.iter().map(|&j| search.sigma[j]).collect();
+            samples.push(SampleSchedule { indices: path.indices, sigmas, cost: path.cost });
+            progress(Progress::Sample { index, total, schedule: &samples[samples.len() - 1] });
+        }
+    }
+    Ok(Distilled { grid: config.grid.clone(), samples, teacher_finals: Tensor::stack(&finals, 0)? })
+}
+
+/// Per sample, the mean squared distance between `student` run over `sigmas` from `noise` and
+/// `reference` (e.g. [`Distilled::teacher_finals`]): the fidelity a schedule gives. Row `b`
+/// of `noise` is calibration sample `b` for the model's conditioning.
+pub fn fidelity(
+    model: &dyn RowDenoiser,
+    student: &Sampler,
+    sigmas: &Sigmas,
+    noise: &Tensor,
+    reference: &Tensor,
+) -> Result<Vec<f64>, DistillError> {
+    let rows: Vec<usize> = (0..noise.dim(0)?).collect();
+    let adapter = InOrder { model, rows: &rows };
+    let x = noise.affine(model.schedule().family().sigma(sigmas.first()), 0.0)?;
+    let out = student.sample(&adapter, x, sigmas, &mut TorchNoise::new(&[0]), |_| {})?;
+    let err = (out - reference)?.sqr()?.flatten_from(1)?.mean(1)?;
+    Ok(err.to_dtype(DType::F64)?.to_vec1()?)
+}
+
+/// A kept student state: its position (flattened) and the x0 predictions made earlier on its
+/// path with their grid indices, newest first.
+struct Node {
+    x: Tensor,
+    history: Vec<(Tensor, usize)>,
+}
+
+/// Landing coefficients already worked out, by (order, landing range, prediction indices):
+/// they depend on grid indices only, so samples share them.
+type CoefficientCache = HashMap<Vec<usize>, Tensor>;
+
+/// Everything one search needs besides the model.
+struct Search {
+    family: Family,
+    /// Sigma of each grid index (0 = clean end).
+    sigma: Vec<f64>,
+    dims: Vec<usize>,
+    student: Student,
+    distance: Distance,
+    steps: usize,
+    max_rows: usize,
+}
+
+impl Search {
+    fn new(model: &dyn RowDenoiser, config: &Config, dims: Vec<usize>) -> Result<Self, DistillError> {
+        let student = Student::new(config.student)?;
+        if config.method == Method::Exact && student.order() > 1 {
+            // Measured on the Gaussian mixture: local costs between the teacher's own states
+            // trust the multistep extrapolation with the teacher's exact predictions, pick
+            // short-then-long step pairs it amplifies, and lose to Karras.
+            return Err(DistillError::Config(format!(
+                "exact mode measures single steps between the teacher's states, which a multistep \
+                 solver never takes; distill `{}` with the OSS search (or use euler / ddim)",
+                config.student.kind
+            )));
+        }
+        let mut sigma = config.grid.as_slice().to_vec();
+        sigma.reverse();
+        let n = config.grid.steps();
+        if config.steps == 0 || config.steps > n || sigma[0] != 0.0 {
+            return Err(DistillError::Config(format!(
+                "{} steps on a teacher grid of {n} steps ending at sigma {}: need 1 <= steps <= {n} \
+                 and a grid ending at 0",
+                config.steps, sigma[0]
+            )));
+        }
+        Ok(Self {
+            family: model.schedule().family(),
+            sigma,
+            dims,
+            student,
+            distance: config.distance,
+            steps: config.steps,
+            max_rows: config.max_rows,
+        })
+    }
+
+    fn lambda(&self, j: usize) -> f64 {
+        -self.sigma[j].ln()
+    }
+
+    /// The coefficient matrix `(to.len(), 1 + predictions)` of the landings from `from` on
+    /// every index of `to`; `predictions` are the grid indices of the x0 predictions the step
+    /// uses, newest first.
+    fn coefficients(
+        &self,
+        predictions: &[usize],
+        from: usize,
+        to: Range<usize>,
+        order: usize,
+        cache: &mut CoefficientCache,
+    ) -> Result<Tensor, DistillError> {
+        let key: Vec<usize> = [order, to.start, to.end].iter().chain(predictions).copied().collect();
+        if let Some(c) = cache.get(&key) {
+            return Ok(c.clone());
+        }
+        let lambdas: Vec<f64> = predictions.iter().map(|&k| self.lambda(k)).collect();
+        let mut c = Vec::with_capacity(to.len() * (predictions.len() + 1));
+        for j in to.clone() {
+            c.extend(self.student.coefficients(
+                self.family,
+                &lambdas,
+                (self.sigma[from], self.sigma[j]),
+                order,
+            )?);
+        }
+        let c = Tensor::from_vec(c, (to.len(), predictions.len() + 1), &candle_core::Device::Cpu)?;
+        cache.insert(key, c.clone());
+        Ok(c)
+    }
+
+    /// The distances to the teacher of one step from `terms` = `[x, m0, earlier predictions]`
+    /// (stacked, flattened) at `from` to every index of `to`.
+    #[allow(clippy::too_many_arguments)]
+    fn landing_costs(
+        &self,
+        model: &dyn RowDenoiser,
+        sample: usize,
+        trajectory: &Trajectory,
+        (terms, predictions): (&Tensor, &[usize]),
+        (from, to): (usize, Range<usize>),
+        order: usize,
+        cache: &mut CoefficientCache,
+    ) -> Result<Vec<f64>, DistillError> {
+        let c = self.coefficients(predictions, from, to.clone(), order, cache)?;
+        let landings = c.to_device(terms.device())?.to_dtype(terms.dtype())?.matmul(terms)?;
+        let (compared, targets) = match self.distance {
+            Distance::Xt => (landings, &trajectory.states),
+            Distance::X0 => (self.clean_estimates(model, sample, landings, to.clone())?, &trajectory.x0),
+        };
+        let diff = (compared - targets.narrow(0, to.start, to.len())?)?;
+        Ok(diff.sqr()?.mean(1)?.to_dtype(DType::F64)?.to_vec1()?)
+    }
+
+    /// The model's x0 predictions at `landings` (rows for the indices `to`); a landing on the
+    /// clean end is its own.
+    fn clean_estimates(
+        &self,
+        model: &dyn RowDenoiser,
+        sample: usize,
+        landings: Tensor,
+        to: Range<usize>,
+    ) -> Result<Tensor, DistillError> {
+        let rows: Vec<Tensor> = (0..to.len())
+            .map(|r| landings.get(r)?.reshape(self.dims.as_slice()))
+            .collect::<candle_core::Result<_>>()?;
+        let noisy: Vec<Query> = to
+            .clone()
+            .zip(&rows)
+            .filter(|(j, _)| *j > 0)
+            .map(|(j, x)| Query { sample, sigma: self.sigma[j], x })
+            .collect();
+        let mut predicted = predict_x0(model, &noisy, self.student.x0_processing(), self.max_rows)?;
+        if to.start == 0 {
+            predicted.insert(0, rows[0].clone());
+        }
+        let flat: Vec<Tensor> =
+            predicted.iter().map(|t| t.flatten_all()).collect::<candle_core::Result<_>>()?;
+        Ok(Tensor::stack(&flat, 0)?)
+    }
+
+    /// The OSS search for a batch of samples, level by level.
+    fn oss(
+        &self,
+        model: &dyn RowDenoiser,
+        trajectories: &[Trajectory],
+        rows: &[usize],
+    ) -> Result<Vec<Path>, DistillError> {
+        let n = self.sigma.len() - 1;
+        let mut searches = trajectories
+            .iter()
+            .map(|t| OssSearch::new(n, self.steps, Node { x: t.states.get(n)?, history: Vec::new() }))
+            .collect::<Result<Vec<_>, DistillError>>()?;
+        let mut cache = CoefficientCache::new();
+        for level in 0..self.steps {
+            let predictions = self.predict_frontiers(model, &searches, rows)?;
+            let order = self.student.step_order(level, self.steps);
+            for (((search, trajectory), m0), &sample) in
+                searches.iter_mut().zip(trajectories).zip(predictions).zip(rows)
+            {
+                self.offer_level(model, sample, search, trajectory, &m0, order, &mut cache)?;
+                search.commit(|from, node, to| self.land(node, &m0[from], from, to, order))?;
+            }
+            // A level's keys are not needed again (landing ranges shrink level by level).
+            cache.clear();
+        }
+        searches.into_iter().map(OssSearch::finish).collect()
+    }
+
+    /// Evaluates the model at every frontier state of every search (batched across samples);
+    /// per search, the predictions by grid index.
+    fn predict_frontiers(
+        &self,
+        model: &dyn RowDenoiser,
+        searches: &[OssSearch<Node>],
+        rows: &[usize],
+    ) -> Result<Vec<Vec<Option<Tensor>>>, DistillError> {
+        let shaped: Vec<Vec<Tensor>> = searches
+            .iter()
+            .map(|s| s.frontier().iter().map(|(_, node)| node.x.reshape(self.dims.as_slice())).collect())
+            .collect::<candle_core::Result<_>>()?;
+        let mut queries = Vec::new();
+        for ((search, xs), &sample) in searches.iter().zip(&shaped).zip(rows) {
+            for ((i, _), x) in search.frontier().iter().zip(xs) {
+                queries.push(Query { sample, sigma: self.sigma[*i], x });
+            }
+        }
+        let mut flat = predict_x0(model, &queries, self.student.x0_processing(), self.max_rows)?.into_iter();
+        let n = self.sigma.len() - 1;
+        let mut out = Vec::with_capacity(searches.len());
+        for search in searches {
+            let mut by_index = vec![None; n + 1];
+            for (i, _) in search.frontier() {
+                by_index[*i] = flat.next().map(|t| t.flatten_all()).transpose()?;
+            }
+            out.push(by_index);
+        }
+        Ok(out)
+    }
+
+    /// Offers the cost of every allowed landing from every frontier state of one search.
+    #[allow(clippy::too_many_arguments)]
+    fn offer_level(
+        &self,
+        model: &dyn RowDenoiser,
+        sample: usize,
+        search: &mut OssSearch<Node>,
+        trajectory: &Trajectory,
+        m0: &[Option<Tensor>],
+        order: usize,
+        cache: &mut CoefficientCache,
+    ) -> Result<(), DistillError> {
+        let mut offers = Vec::new();
+        for (from, node) in search.frontier() {
+            let to = search.targets(*from);
+            if to.is_empty() {
+                continue;
+            }
+            let (terms, predictions) = self.terms(node, prediction(m0, *from)?, *from)?;
+            let step = (&terms, predictions.as_slice());
+            let costs =
+                self.landing_costs(model, sample, trajectory, step, (*from, to.clone()), order, cache)?;
+            offers.extend(to.zip(costs).map(|(j, cost)| (*from, j, cost)));
+        }
+        for (from, to, cost) in offers {
+            search.offer(from, to, cost);
+        }
+        Ok(())
+    }
+
+    /// The stacked terms `[x, m0, earlier predictions...]` of a step from `node` (with its new
+    /// prediction `m0` at `from`), and the grid indices of the predictions.
+    fn terms(&self, node: &Node, m0: &Tensor, from: usize) -> Result<(Tensor, Vec<usize>), DistillError> {
+        let mut terms = vec![node.x.clone(), m0.clone()];
+        let mut predictions = vec![from];
+        for (m, k) in node.history.iter().take(self.student.order() - 1) {
+            terms.push(m.clone());
+            predictions.push(*k);
+        }
+        Ok((Tensor::stack(&terms, 0)?, predictions))
+    }
+
+    /// The state of the landing `from -> to`, made by the student's own update.
+    fn land(
+        &self,
+        node: &Node,
+        m0: &Option<Tensor>,
+        from: usize,
+        to: usize,
+        order: usize,
+    ) -> Result<Node, DistillError> {
+        let m0 = m0.as_ref().ok_or_else(|| missing(from))?;
+        let mut history = vec![(m0.clone(), from)];
+        history.extend(node.history.iter().take(self.student.order() - 1).cloned());
+        let refs: Vec<(&Tensor, f64)> = history.iter().map(|(m, k)| (m, self.lambda(*k))).collect();
+        let x = self.student.step(self.family, &node.x, &refs, (self.sigma[from], self.sigma[to]), order)?;
+        history.truncate(self.student.order() - 1);
+        Ok(Node { x, history })
+    }
+
+    /// The exact shortest paths of a batch of samples over the costs of one student step
+    /// between the teacher's own states.
+    fn exact(
+        &self,
+        model: &dyn RowDenoiser,
+        trajectories: &[Trajectory],
+        rows: &[usize],
+    ) -> Result<Vec<Path>, DistillError> {
+        let n = self.sigma.len() - 1;
+        let mut tables = vec![vec![Vec::new(); n + 1]; trajectories.len()];
+        let mut cache = CoefficientCache::new();
+        for i in 1..=n {
+            for ((table, t), &sample) in tables.iter_mut().zip(trajectories).zip(rows) {
+                let terms = Tensor::stack(&[t.states.get(i)?, t.x0.get(i)?], 0)?;
+                let step = (&terms, &[i][..]);
+                table[i] = self.landing_costs(model, sample, t, step, (i, 0..i), 1, &mut cache)?;
+            }
+        }
+        tables.iter().map(|t| dp::shortest_path(n, self.steps, |i, j| t[i][j])).collect()
+    }
+}
+
+fn prediction(m0: &[Option<Tensor>], from: usize) -> Result<&Tensor, DistillError> {
+    m0[from].as_ref().ok_or_else(|| missing(from))
+}
+
+fn missing(from: usize) -> DistillError {
+    DistillError::Config(format!("internal: no model prediction for the search state at grid index {from}"))
+}
