@@ -13,9 +13,12 @@
 //! reject decisions must be identical. (The f32 path is not compared: a rounding difference
 //! can flip an accept decision near err = 1 and the trajectories then legitimately part.)
 
+mod common;
+
 use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor};
+use common::{floats, load_golden};
 use serde_json::Value;
 use stride_models::GaussianMixture;
 use stride_solvers::adaptive::{
@@ -27,18 +30,7 @@ const TOL: f64 = 1e-6;
 
 fn golden() -> &'static Value {
     static GOLDEN: OnceLock<Value> = OnceLock::new();
-    GOLDEN.get_or_init(|| {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/golden/adaptive.json");
-        serde_json::from_str(&std::fs::read_to_string(path).expect("golden file")).expect("valid JSON")
-    })
-}
-
-fn floats(v: &Value) -> Vec<f64> {
-    match v {
-        Value::Array(items) => items.iter().flat_map(floats).collect(),
-        Value::Number(n) => vec![n.as_f64().unwrap()],
-        other => panic!("expected numbers, got {other}"),
-    }
+    GOLDEN.get_or_init(|| load_golden("adaptive.json"))
 }
 
 fn bools(v: &Value) -> Vec<bool> {

@@ -5,9 +5,12 @@
 //! state and injected noise. Tolerance: max |ours - reference| / max |reference| over every
 //! recorded state, at most 1e-6 on the f64 path and 1e-4 on the f32 path.
 
+mod common;
+
 use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor};
+use common::{floats, load_golden};
 use serde_json::Value;
 use stride_models::GaussianMixture;
 use stride_solvers::update::{self, MultistepParams};
@@ -21,18 +24,7 @@ const F32_TOL: f64 = 1e-4;
 
 fn golden() -> &'static Value {
     static GOLDEN: OnceLock<Value> = OnceLock::new();
-    GOLDEN.get_or_init(|| {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/golden/solvers.json");
-        serde_json::from_str(&std::fs::read_to_string(path).expect("golden file")).expect("valid JSON")
-    })
-}
-
-fn floats(v: &Value) -> Vec<f64> {
-    match v {
-        Value::Array(items) => items.iter().flat_map(floats).collect(),
-        Value::Number(n) => vec![n.as_f64().unwrap()],
-        other => panic!("expected numbers, got {other}"),
-    }
+    GOLDEN.get_or_init(|| load_golden("solvers.json"))
 }
 
 fn state(v: &Value, dtype: DType) -> Tensor {
