@@ -60,18 +60,19 @@ impl GaussianMixture {
     /// A reproducible mixture of `components` components in `dim` dimensions: means spread
     /// on `[-1, 1]` by a fixed hash of (component, coordinate), stds from 0.1 to 0.4.
     pub fn synthetic(dim: usize, components: usize, schedule: NoiseSchedule) -> Self {
-        let hash = |k: usize, i: usize| {
-            // SplitMix64 of the index: deterministic, uncorrelated coordinates.
-            let mut z = ((k as u64) << 32 | i as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            (z >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
-        };
+        let hash = |k: usize, i: usize| splitmix_unit((k as u64) << 32 | i as u64) * 2.0 - 1.0;
         let means = (0..components).map(|k| (0..dim).map(|i| hash(k, i)).collect()).collect();
         let stds = (0..components).map(|k| 0.1 + 0.3 * k as f64 / components.max(2) as f64).collect();
         let weights = (0..components).map(|k| 1.0 + k as f64).collect();
         Self::new(means, stds, weights, schedule).expect("synthetic mixture is valid")
+    }
+
+    /// The same mixture with every component's std multiplied by `factor` (sharper data makes
+    /// the score stiff near sigma 0, as for images).
+    pub fn with_stds_scaled(mut self, factor: f64) -> Self {
+        assert!(factor.is_finite() && factor > 0.0, "std factor must be positive and finite");
+        self.stds.iter_mut().for_each(|s| *s *= factor);
+        self
     }
 
     /// Report predictions in `parameterization` (the x0 posterior mean converted exactly).
@@ -83,6 +84,49 @@ impl GaussianMixture {
     /// Data dimension `D`.
     pub fn dim(&self) -> usize {
         self.means[0].len()
+    }
+
+    /// The data distribution's exact mean and covariance (`D x D`, row-major):
+    /// `mu = sum_k w_k mu_k`, `Sigma = sum_k w_k (std_k^2 I + mu_k mu_k^T) - mu mu^T`.
+    pub fn moments(&self) -> (Vec<f64>, Vec<f64>) {
+        let d = self.dim();
+        let weights: Vec<f64> = self.log_weights.iter().map(|l| l.exp()).collect();
+        let mut mean = vec![0.0; d];
+        let mut cov = vec![0.0; d * d];
+        for (k, mu) in self.means.iter().enumerate() {
+            for i in 0..d {
+                mean[i] += weights[k] * mu[i];
+                cov[i * d + i] += weights[k] * self.stds[k].powi(2);
+                for j in 0..d {
+                    cov[i * d + j] += weights[k] * mu[i] * mu[j];
+                }
+            }
+        }
+        for i in 0..d {
+            for j in 0..d {
+                cov[i * d + j] -= mean[i] * mean[j];
+            }
+        }
+        (mean, cov)
+    }
+
+    /// `n` exact draws from the data distribution, shape `(n, D)`, f64, reproducible from `seed`.
+    pub fn sample_data(&self, n: usize, seed: u64) -> Result<Tensor> {
+        let d = self.dim();
+        let weights: Vec<f64> = self.log_weights.iter().map(|l| l.exp()).collect();
+        let z = stride_solvers::TorchGenerator::new(seed).randn_f64(n * d);
+        let mut data = Vec::with_capacity(n * d);
+        for j in 0..n {
+            let u = splitmix_unit(seed.wrapping_mul(0x1000_0000_01B3) ^ j as u64);
+            let mut cumulative = 0.0;
+            let k = weights.iter().position(|w| {
+                cumulative += w;
+                u < cumulative
+            });
+            let k = k.unwrap_or(weights.len() - 1);
+            data.extend((0..d).map(|i| self.means[k][i] + self.stds[k] * z[j * d + i]));
+        }
+        Tensor::from_vec(data, (n, d), &candle_core::Device::Cpu)
     }
 
     /// The exact posterior mean `E[x0 | x]` for a batch `x` (any shape with `D` elements per
@@ -124,6 +168,15 @@ impl GaussianMixture {
         }
         x0.reshape(x.shape())
     }
+}
+
+/// SplitMix64 of `index` as a uniform number in `[0, 1)`: deterministic, uncorrelated values.
+fn splitmix_unit(index: u64) -> f64 {
+    let mut z = index.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Numerically stable softmax over the last dimension (candle-nn's, without the dependency).

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use candle_core::{DType, Device, Shape, Tensor};
 use stride_models::GaussianMixture;
 use stride_solvers::adaptive::{
-    AdaptiveSampler, AdaptiveSde, AdaptiveStats, DpmAdaptive, FinalDenoise, ForwardSde,
+    AdaptiveSampler, AdaptiveSde, AdaptiveStats, DpmAdaptive, EulerMaruyama, FinalDenoise, ForwardSde,
 };
 use stride_solvers::{
     to_x0_eps, Denoiser, DiscreteSchedule, NoiseSchedule, NoiseSource, Parameterization, Sampler,
@@ -86,19 +86,34 @@ fn every_family_reaches_the_data() {
             let mut noise = TorchNoise::consecutive(1000, batch);
             let (out, stats) = sampler.sample(&model, x, sigma_max, sigma_min, &mut noise, |_| {}).unwrap();
             assert!(stats.capped().is_empty(), "{name} {}: {stats}", sampler.name());
-            let chi2 = chi2_to_nearest(&out);
-            let mean = chi2.iter().sum::<f64>() / batch as f64;
-            let worst = chi2.iter().cloned().fold(0.0, f64::max);
-            eprintln!(
-                "{name:>16} {:>12}: mean chi2 {mean:5.2}, max {worst:5.1}, NFE/sample {} ({} calls)",
-                sampler.name(),
-                stats.samples.iter().map(|s| s.nfe).max().unwrap(),
-                stats.model_calls
-            );
-            assert!(worst < 40.0, "{name} {}: a sample is off the data (chi2 {worst})", sampler.name());
-            assert!((2.0..12.0).contains(&mean), "{name} {}: mean chi2 {mean}", sampler.name());
+            let nfe = stats.samples.iter().map(|s| s.nfe).max().unwrap();
+            assert_on_data(&format!("{name} {} ({nfe} NFE)", sampler.name()), &out);
         }
     }
+}
+
+/// The fixed-step Euler–Maruyama baseline of `stride bench adaptive` samples the same SDE.
+#[test]
+fn euler_maruyama_reaches_the_data() {
+    for (name, schedule, param) in families() {
+        let model = mixture(schedule.clone(), param);
+        let (sigma_max, sigma_min) = AdaptiveSampler::sigma_range(&schedule);
+        let x = initial(&model, sigma_max, 32, 100, DType::F32);
+        let mut noise = TorchNoise::consecutive(1000, 32);
+        let out = EulerMaruyama::new(500).sample(&model, x, sigma_max, sigma_min, &mut noise).unwrap();
+        assert_on_data(&format!("{name} euler_maruyama"), &out);
+    }
+}
+
+/// Each sample within the bulk of a component (chi2 < 40; P(chi2_6 > 40) < 1e-6) and the batch
+/// neither collapsed onto the means nor left noisy (mean chi2 in [2, 12] around D = 6).
+fn assert_on_data(what: &str, out: &Tensor) {
+    let chi2 = chi2_to_nearest(out);
+    let mean = chi2.iter().sum::<f64>() / chi2.len() as f64;
+    let worst = chi2.iter().cloned().fold(0.0, f64::max);
+    eprintln!("{what:>40}: mean chi2 {mean:5.2}, max {worst:5.1}");
+    assert!(worst < 40.0, "{what}: a sample is off the data (chi2 {worst})");
+    assert!((2.0..12.0).contains(&mean), "{what}: mean chi2 {mean}");
 }
 
 // ------------------------------------------------------------------ rtol -> error (ODE)

@@ -427,6 +427,28 @@ impl SdeModel<'_> {
     }
 }
 
+impl SdeModel<'_> {
+    /// What [`FinalDenoise`] returns for the state `x` at per-sample times `ts`.
+    fn final_denoise(
+        &mut self,
+        x: Tensor,
+        ts: &[f64],
+        denoise: FinalDenoise,
+        step: usize,
+    ) -> Result<Tensor, SolverError> {
+        if denoise == FinalDenoise::None {
+            return Ok(x);
+        }
+        let (x0, eps, s) = self.predict(&x, ts, step)?;
+        if denoise == FinalDenoise::X0 {
+            return Ok(x0);
+        }
+        let ones = vec![1.0; s.len()];
+        let neg_sigma: Vec<f64> = s.iter().map(|&s| -self.family.sigma(s)).collect();
+        Ok(lincomb_rows(&x, &ones, &eps, &neg_sigma)?)
+    }
+}
+
 impl AdaptiveSde {
     fn validate(&self) -> Result<(), SolverError> {
         check(self.rtol >= 0.0 && self.rtol.is_finite(), "adaptive_sde: rtol must be finite and >= 0")?;
@@ -571,22 +593,62 @@ impl AdaptiveSde {
         }
         // A finished sample is denoised at the end time (the reference's eps), a capped one where it stopped.
         let t_final: Vec<f64> = (0..batch).map(|i| if capped[i] { t[i] } else { t_end }).collect();
-        let out = match self.denoise {
-            FinalDenoise::None => x,
-            FinalDenoise::X0 | FinalDenoise::ScoreSde => {
-                let (x0, eps, s) = m.predict(&x, &t_final, stats.iterations)?;
-                stats.samples.iter_mut().for_each(|s| s.nfe += 1);
-                if self.denoise == FinalDenoise::X0 {
-                    x0
-                } else {
-                    let ones = vec![1.0; batch];
-                    let neg_sigma: Vec<f64> = s.iter().map(|&s| -family.sigma(s)).collect();
-                    lincomb_rows(&x, &ones, &eps, &neg_sigma)?
-                }
-            }
-        };
+        let out = m.final_denoise(x, &t_final, self.denoise, stats.iterations)?;
+        if self.denoise != FinalDenoise::None {
+            stats.samples.iter_mut().for_each(|s| s.nfe += 1);
+        }
         stats.model_calls = m.calls;
         Ok((out, stats))
+    }
+}
+
+/// Euler–Maruyama on the same reverse SDE as [`AdaptiveSde`], with `steps` equal steps in its
+/// solver time: the fixed-step baseline "Gotta Go Fast" compares against (score SDE's
+/// `EulerMaruyamaPredictor`): `x <- x - h F(x, t) + g(t) sqrt(h) z`, then [`FinalDenoise`].
+/// Costs `steps` model evaluations, plus one for the final denoise.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EulerMaruyama {
+    pub steps: usize,
+    pub denoise: FinalDenoise,
+}
+
+impl EulerMaruyama {
+    pub fn new(steps: usize) -> Self {
+        Self { steps, denoise: FinalDenoise::X0 }
+    }
+
+    /// Integrates from `x` (native state at k-sigma `sigma_max`) down to `sigma_min`; `noise`
+    /// gives one batch-shaped draw per step.
+    pub fn sample(
+        &self,
+        model: &dyn Denoiser,
+        x: Tensor,
+        sigma_max: f64,
+        sigma_min: f64,
+        noise: &mut dyn NoiseSource,
+    ) -> Result<Tensor, SolverError> {
+        check(self.steps > 0, "euler_maruyama: steps must be at least 1")?;
+        check_range(sigma_max, sigma_min)?;
+        let sde = ForwardSde::new(model.schedule());
+        let family = model.schedule().family();
+        let mut m = SdeModel { model, sde: sde.clone(), family, param: model.parameterization(), calls: 0 };
+        let batch = x.dim(0)?;
+        let (t_start, t_end) = (sde.time_at(sigma_max), sde.time_at(sigma_min));
+        let h = (t_start - t_end) / self.steps as f64;
+        let mut x = x;
+        for step in 0..self.steps {
+            let t = t_start - step as f64 * h;
+            let (drift, _) = m.drift(&x, &vec![t; batch], step)?;
+            let z = noise.sample_like(&x)?;
+            x = (&x
+                + lincomb_rows(
+                    &drift,
+                    &vec![-h; batch],
+                    &z,
+                    &vec![(sde.coefficients(t).1 * h).sqrt(); batch],
+                )?)?;
+        }
+        m.final_denoise(x, &vec![t_end; batch], self.denoise, self.steps)
     }
 }
 

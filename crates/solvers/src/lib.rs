@@ -50,7 +50,9 @@ pub mod schedule;
 pub mod sigmas;
 pub mod update;
 
-pub use adaptive::{AdaptiveSampler, AdaptiveSde, AdaptiveStats, AdaptiveStep, DpmAdaptive, ErrorNorm};
+pub use adaptive::{
+    AdaptiveSampler, AdaptiveSde, AdaptiveStats, AdaptiveStep, DpmAdaptive, ErrorNorm, EulerMaruyama,
+};
 pub use denoiser::{from_x0_eps, to_x0_eps, Denoiser, Parameterization};
 pub use error::{ScheduleError, SolverError};
 pub use noise::{NoiseSource, ReplayNoise, TorchNoise};

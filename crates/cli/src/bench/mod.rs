@@ -1,5 +1,6 @@
 //! `stride bench ...`: benchmarks that print tables and write plots.
 
+mod adaptive;
 mod generate;
 mod solvers;
 
@@ -18,11 +19,18 @@ pub enum BenchCommand {
     ///
     /// Example: `stride bench generate`, `stride bench generate --batch 1,8,32 --steps 10`.
     Generate(generate::Args),
+    /// Model evaluations against error: adaptive_sde against Euler–Maruyama and dpm_adaptive
+    /// against dpmpp_2m, on a Gaussian mixture and on the bundled model.
+    ///
+    /// Example: `stride bench adaptive` (several minutes), `stride bench adaptive --model-samples 0`
+    /// (the mixture only, seconds).
+    Adaptive(adaptive::Args),
 }
 
 pub fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Solvers(args) => solvers::run(args),
         BenchCommand::Generate(args) => generate::run(args),
+        BenchCommand::Adaptive(args) => adaptive::run(args),
     }
 }
