@@ -11,6 +11,7 @@ use stride_solvers::{AdaptiveSampler, Denoiser, Sampler, Scheduler, Sigmas, Torc
 
 use crate::device::DeviceArg;
 use crate::params::Params;
+use crate::schedules;
 
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
@@ -53,6 +54,13 @@ pub struct Args {
     /// A custom schedule, comma-separated k-diffusion sigmas (as stable-diffusion.cpp).
     #[arg(long)]
     sigmas: Option<String>,
+    /// A distilled schedule file (`stride distill`); --scheduler distilled picks the one
+    /// shipped with the model for --sampler and --steps.
+    #[arg(long)]
+    schedule: Option<PathBuf>,
+    /// Use a schedule distilled for another model or solver anyway.
+    #[arg(long)]
+    force: bool,
     /// Default: 20 for tiny-shapes; 30 for Stable Diffusion, 1 for the Turbo models.
     #[arg(long)]
     steps: Option<usize>,
@@ -207,8 +215,14 @@ fn jobs(args: &Args) -> Result<Vec<Job>> {
             (d.steps, d.scheduler, d.cfg_scale, d.width, d.height)
         }
     };
-    let steps = args.steps.unwrap_or(steps);
-    let scheduler = args.scheduler.clone().unwrap_or_else(|| scheduler.to_string());
+    let mut steps = args.steps.unwrap_or(steps);
+    let mut scheduler = args.scheduler.clone().unwrap_or_else(|| scheduler.to_string());
+    let mut sigmas = args.sigmas.clone();
+    if args.schedule.is_some() || scheduler == "distilled" {
+        let distilled = distilled_sigmas(args, &choice, steps)?;
+        (steps, scheduler, sigmas) =
+            (distilled.steps(), "distilled".into(), Some(schedules::to_list(&distilled)));
+    }
     let cfg_scale = args.cfg_scale.unwrap_or(cfg_scale);
     let size = |arg: Option<u32>, default: usize| arg.map_or(default, |v| v as usize);
     let (width, height) = (size(args.width, width), size(args.height, height));
@@ -224,9 +238,9 @@ fn jobs(args: &Args) -> Result<Vec<Job>> {
             "--width {width} --height {height}: Stable Diffusion needs positive multiples of 8"
         );
     }
-    let _: Scheduler = scheduler.parse()?;
-    if let Some(s) = &args.sigmas {
-        Sigmas::parse(s).context("--sigmas")?;
+    match &sigmas {
+        Some(s) => drop(Sigmas::parse(s).context("--sigmas")?),
+        None => drop(scheduler.parse::<Scheduler>()?),
     }
     anyhow::ensure!(steps > 0, "--steps must be at least 1");
     anyhow::ensure!(cfg_scale.is_finite(), "--cfg-scale must be a finite number");
@@ -244,7 +258,7 @@ fn jobs(args: &Args) -> Result<Vec<Job>> {
                 steps,
                 sampler: args.sampler.clone(),
                 scheduler: scheduler.clone(),
-                sigmas: args.sigmas.clone(),
+                sigmas: sigmas.clone(),
                 eta: args.eta,
                 rtol: args.rtol,
                 atol: args.atol,
@@ -258,6 +272,30 @@ fn jobs(args: &Args) -> Result<Vec<Job>> {
         }
     }
     Ok(jobs)
+}
+
+/// The distilled schedule of --schedule FILE, or the model's shipped one for --scheduler
+/// distilled, checked against the model and sampler.
+fn distilled_sigmas(args: &Args, choice: &Choice, steps: usize) -> Result<Sigmas> {
+    anyhow::ensure!(args.sigmas.is_none(), "--sigmas and a distilled schedule: give one of them");
+    anyhow::ensure!(
+        args.sampler.parse::<AdaptiveSampler>().is_err(),
+        "{} chooses its own steps; a distilled schedule is for a fixed-step sampler",
+        args.sampler
+    );
+    let (model_id, model_hash) = match choice {
+        Choice::Tiny(dir) => ("tiny-shapes", schedules::model_hash(dir)?),
+        Choice::Sd { variant, .. } => (variant.name(), String::new()),
+    };
+    let (path, steps) = match (&args.schedule, choice) {
+        (Some(path), _) => (path.clone(), args.steps),
+        (None, Choice::Tiny(dir)) => (schedules::shipped(dir, &args.sampler, steps)?, Some(steps)),
+        (None, Choice::Sd { .. }) => {
+            bail!("--scheduler distilled: no schedules ship with Stable Diffusion; distill one and pass --schedule FILE")
+        }
+    };
+    let target = schedules::Target { model_id, model_hash: &model_hash, solver: &args.sampler };
+    schedules::load(&path, &target, steps, args.force)
 }
 
 fn random_seed() -> u64 {

@@ -3,10 +3,12 @@
 mod alloc;
 mod bench;
 mod device;
+mod distill;
 mod eval;
 mod generate;
 mod params;
 mod plot;
+mod schedules;
 mod train_base;
 
 use anyhow::Result;
@@ -29,6 +31,9 @@ enum Command {
     Bench(bench::BenchCommand),
     /// Text to image (the bundled tiny-shapes model by default); PNGs carry their parameters.
     Generate(generate::Args),
+    /// Distill optimal step schedules for a model and solver (OSS dynamic programming);
+    /// resumable and shardable (`stride distill merge`).
+    Distill(distill::Args),
     /// Print the generation parameters stored in a PNG.
     Info(generate::InfoArgs),
     /// ShapesEval pass rates of the bundled model on held-out prompts, per step count.
@@ -51,5 +56,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(args) => eval::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Info(args) => generate::info(args),
+        Command::Distill(args) => distill::run(args),
     }
 }

@@ -1,47 +1,11 @@
 //! `stride generate` / `stride info` end to end, through the built binary, on a tiny random
 //! tiny-shapes model exported by `stride train-base` (the committed weights are not needed).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::path::Path;
+use std::process::Output;
 
-fn stride() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_stride"))
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("stride-gen-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A tiny model folder, made once per test binary.
-fn model() -> &'static Path {
-    static MODEL: OnceLock<PathBuf> = OnceLock::new();
-    MODEL.get_or_init(|| {
-        let root = temp_dir("model");
-        let config = root.join("train.json");
-        let json = serde_json::json!({
-            "model": {"vocab_size": 38, "max_tokens": 32, "text_dim": 32, "text_layers": 1, "text_heads": 2,
-                      "dim": 32, "depth": 1, "heads": 2, "patch": 4, "image_size": 32, "channels": 3, "mlp_ratio": 2},
-            "steps": 2, "batch_size": 2, "lr": 1e-3, "warmup": 1, "weight_decay": 0.01,
-            "ema_decay": 0.5, "cfg_dropout": 0.1, "seed": 1
-        });
-        std::fs::write(&config, json.to_string()).unwrap();
-        let out = stride()
-            .args(["train-base", "--quiet", "--out"])
-            .arg(root.join("run"))
-            .arg("--config")
-            .arg(&config)
-            .arg("--export")
-            .arg(root.join("model"))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        root.join("model")
-    })
-}
+mod common;
+use common::{model, stride, temp_dir};
 
 fn generate(dir: &Path, args: &[&str]) -> Output {
     stride()

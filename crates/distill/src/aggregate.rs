@@ -24,6 +24,17 @@ impl Aggregate {
     }
 }
 
+impl std::str::FromStr for Aggregate {
+    type Err = DistillError;
+    fn from_str(name: &str) -> Result<Self, DistillError> {
+        match name {
+            "median" => Ok(Aggregate::Median),
+            "mean" => Ok(Aggregate::Mean),
+            other => Err(DistillError::Config(format!("unknown aggregate `{other}`: use median or mean"))),
+        }
+    }
+}
+
 /// The per-index median or mean of per-sample schedules, in sigma space. Both keep a strictly
 /// decreasing result: every sample decreases at every index, so every order statistic (and
 /// the mean) does too.

@@ -11,7 +11,7 @@ use stride_solvers::{Parameterization, SamplerKind, Sigmas};
 
 use crate::aggregate::{interpolate, Aggregate};
 use crate::error::DistillError;
-use crate::search::{Config, Distilled};
+use crate::search::{Config, SampleSchedule};
 
 /// The `format` every file carries.
 pub const FORMAT: &str = "stride-schedule/1";
@@ -111,18 +111,19 @@ pub fn parameterization_name(p: Parameterization) -> &'static str {
 }
 
 impl ScheduleFile {
-    /// The file for `distilled` (made with `config`), aggregated `how`; `aggregate_cost` is the
-    /// aggregate schedule's measured fidelity ([`crate::fidelity`]), if any.
+    /// The file for the per-sample schedules `samples` (searched with `config`), aggregated
+    /// `how`; `aggregate_cost` is the aggregate schedule's measured fidelity
+    /// ([`crate::fidelity`]), if any.
     pub fn new(
-        distilled: &Distilled,
+        samples: &[SampleSchedule],
         config: &Config,
         provenance: &Provenance,
         how: Aggregate,
         aggregate_cost: Option<f64>,
     ) -> Result<Self, DistillError> {
-        let per_sample: Vec<Vec<f64>> = distilled.samples.iter().map(|s| s.sigmas.clone()).collect();
+        let per_sample: Vec<Vec<f64>> = samples.iter().map(|s| s.sigmas.clone()).collect();
         let sigmas = crate::aggregate::aggregate(&per_sample, how)?;
-        let count = distilled.samples.len();
+        let count = samples.len();
         let file = Self {
             format: FORMAT.into(),
             stride_version: env!("CARGO_PKG_VERSION").into(),
@@ -136,7 +137,7 @@ impl ScheduleFile {
             sigmas: sigmas.as_slice().to_vec(),
             teacher: TeacherInfo {
                 solver: config.teacher.kind.name().into(),
-                steps: distilled.grid.steps(),
+                steps: config.grid.steps(),
                 grid: config.grid_name.clone(),
             },
             search: SearchInfo {
@@ -146,11 +147,10 @@ impl ScheduleFile {
             },
             calibration: CalibrationInfo { hash: provenance.calibration_hash.clone(), count },
             costs: Costs {
-                per_sample_mean: distilled.samples.iter().map(|s| s.cost).sum::<f64>() / count as f64,
+                per_sample_mean: samples.iter().map(|s| s.cost).sum::<f64>() / count as f64,
                 aggregate: aggregate_cost,
             },
-            per_sample: distilled
-                .samples
+            per_sample: samples
                 .iter()
                 .map(|s| SampleRecord { sigmas: s.sigmas.clone(), cost: s.cost })
                 .collect(),

@@ -34,6 +34,17 @@ impl Method {
     }
 }
 
+impl std::str::FromStr for Method {
+    type Err = DistillError;
+    fn from_str(name: &str) -> Result<Self, DistillError> {
+        match name {
+            "oss" => Ok(Method::Oss),
+            "exact" => Ok(Method::Exact),
+            other => Err(DistillError::Config(format!("unknown method `{other}`: use oss or exact"))),
+        }
+    }
+}
+
 /// What to distill, and how.
 #[derive(Debug, Clone)]
 pub struct Config {

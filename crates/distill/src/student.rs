@@ -36,6 +36,17 @@ impl Distance {
     }
 }
 
+impl std::str::FromStr for Distance {
+    type Err = DistillError;
+    fn from_str(name: &str) -> Result<Self, DistillError> {
+        match name {
+            "xt" => Ok(Distance::Xt),
+            "x0" => Ok(Distance::X0),
+            other => Err(DistillError::Config(format!("unknown distance `{other}`: use xt or x0"))),
+        }
+    }
+}
+
 /// A single-evaluation, deterministic solver a schedule can be distilled for.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Student {

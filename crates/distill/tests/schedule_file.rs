@@ -130,7 +130,7 @@ fn a_distilled_file_validates_and_interpolates() {
         parameterization: model.parameterization(),
         calibration_hash: "seeds-5".into(),
     };
-    let f = ScheduleFile::new(&distilled, &config, &provenance, Aggregate::Median, None).unwrap();
+    let f = ScheduleFile::new(&distilled.samples, &config, &provenance, Aggregate::Median, None).unwrap();
     assert_eq!((f.nfe, f.calibration.count, f.teacher.steps), (3, 3, 12));
     assert_eq!((f.solver.as_str(), f.teacher.grid.as_str()), ("euler", "exponential"));
     let back = ScheduleFile::from_json(&f.to_json(), "gmm.json").unwrap();

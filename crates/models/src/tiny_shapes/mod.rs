@@ -128,6 +128,30 @@ pub struct Guided<'a> {
     schedule: NoiseSchedule,
 }
 
+impl Guided<'_> {
+    /// The denoiser for a batch whose row `r` is prompt `prompts[r]` of this one (repeats
+    /// allowed): the text encodings are gathered, not recomputed. For the distiller, whose
+    /// batches mix calibration samples.
+    pub fn rows(&self, prompts: &[usize]) -> candle_core::Result<Self> {
+        let n = if self.cfg_scale == 1.0 { self.text.dim(0)? } else { self.text.dim(0)? / 2 };
+        if let Some(&bad) = prompts.iter().find(|&&p| p >= n) {
+            candle_core::bail!("prompt index {bad} out of range: the denoiser holds {n} prompts");
+        }
+        let mut index: Vec<u32> = prompts.iter().map(|&p| p as u32).collect();
+        if self.cfg_scale != 1.0 {
+            index.extend(prompts.iter().map(|&p| (n + p) as u32));
+        }
+        let index = Tensor::new(index, self.text.device())?;
+        Ok(Self {
+            model: self.model,
+            text: self.text.index_select(&index, 0)?,
+            mask: self.mask.index_select(&index, 0)?,
+            cfg_scale: self.cfg_scale,
+            schedule: self.schedule.clone(),
+        })
+    }
+}
+
 impl Denoiser for Guided<'_> {
     fn schedule(&self) -> &NoiseSchedule {
         &self.schedule

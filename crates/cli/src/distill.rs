@@ -1,0 +1,522 @@
+//! `stride distill`: optimal step schedules for a model and solver, as a resumable, shardable
+//! job, and `stride distill merge` to combine the shards.
+//!
+//! The unit of work is a block of `--batch` calibration samples: each block's per-sample
+//! schedules for every (solver, NFE) are appended to `OUT/work/records-I-of-N.jsonl` when the
+//! block is done, so a killed job loses at most the block in flight, and a block's result
+//! never depends on which shard or run computed it (the same rows share the same model calls).
+//! `OUT/work/job.json` pins the settings that determine the results; resuming or merging with
+//! other settings is refused.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use stride_distill::file::parameterization_name;
+use stride_distill::{
+    distill, teacher, Aggregate, Config, Distance, Method, Progress, Provenance, RowDenoiser, SampleSchedule,
+    ScheduleFile, Student,
+};
+use stride_models::tiny_shapes::Guided;
+use stride_models::TinyShapes;
+use stride_shapes::World;
+use stride_solvers::{Denoiser, NoiseSchedule, NoiseSource, Parameterization, Sampler, TorchNoise};
+
+use crate::device::DeviceArg;
+use crate::schedules::model_hash;
+
+#[derive(clap::Args)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    after_help = "Examples:
+  stride distill                                        # the shipped tiny-shapes schedules
+  stride distill --solver dpmpp_2m --nfe 5,10 --samples 16 --teacher-steps 100 --out my-schedules
+  stride distill --prompts calibration.txt --solver euler --method exact   # the cheap mode
+  stride distill --shard 3/8 --out runs/oss && stride distill merge --out runs/oss   # fanned out
+
+A killed job resumes where it stopped when run again with the same settings and --out."
+)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Option<DistillCommand>,
+    #[command(flatten)]
+    job: JobArgs,
+}
+
+#[derive(clap::Subcommand)]
+enum DistillCommand {
+    /// Combine the records of every shard of a job and write its schedule files.
+    Merge {
+        /// The job's output folder (holding work/job.json and work/records-*.jsonl).
+        #[arg(long, default_value = "models/tiny-shapes/schedules")]
+        out: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct JobArgs {
+    /// tiny-shapes (bundled) or a tiny-shapes model folder.
+    #[arg(long, default_value = "tiny-shapes")]
+    model: String,
+    /// Calibration prompts, one a line (sample i uses line i mod count). Default for
+    /// tiny-shapes: training-distribution prompts of the shapes world (seed 1, never held-out).
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    /// Calibration samples; sample i starts from seed `seed + i`.
+    #[arg(long, default_value_t = 64)]
+    samples: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Solvers to distill for (euler, ddim, dpmpp_2m, dpmpp_3m).
+    #[arg(long, value_delimiter = ',', default_value = "euler,dpmpp_2m")]
+    solver: Vec<String>,
+    /// Step counts (= model evaluations) to distill.
+    #[arg(long, value_delimiter = ',', default_value = "5,8,10,15,20")]
+    nfe: Vec<usize>,
+    /// The teacher's grid: N euler steps, uniform in the model's time.
+    #[arg(long, default_value_t = 200)]
+    teacher_steps: usize,
+    /// oss (the student runs; N + K N evaluations per sample) or exact (shortest path over
+    /// the teacher's states; N evaluations; euler and ddim only).
+    #[arg(long, default_value = "oss")]
+    method: String,
+    /// Where the student is compared with the teacher: xt (state) or x0 (its prediction).
+    #[arg(long, default_value = "xt")]
+    distance: String,
+    /// How per-sample schedules become one: median or mean, per step, in sigma.
+    #[arg(long, default_value = "median")]
+    aggregate: String,
+    #[arg(long, default_value_t = 3.0)]
+    cfg_scale: f64,
+    /// Calibration samples searched together (the unit of checkpointing and sharding).
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Output folder: the schedule files, and work/ with the job's checkpoint.
+    #[arg(long, default_value = "models/tiny-shapes/schedules")]
+    out: PathBuf,
+    /// Run only shard I of N (0-based), e.g. 3/8; combine with `stride distill merge`.
+    #[arg(long)]
+    shard: Option<Shard>,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    device: DeviceArg,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// `I/N`: this process runs the blocks whose index is I modulo N.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Shard {
+    index: usize,
+    count: usize,
+}
+
+impl FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parsed =
+            s.split_once('/').and_then(|(i, n)| Some((i.trim().parse().ok()?, n.trim().parse().ok()?)));
+        match parsed {
+            Some((index, count)) if count > 0 && index < count => Ok(Self { index, count }),
+            _ => Err(format!("`{s}`: expected I/N with 0 <= I < N, e.g. 0/4 (a Slurm array's $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)")),
+        }
+    }
+}
+
+/// Everything that determines a job's results, pinned in `work/job.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Manifest {
+    model_id: String,
+    model_hash: String,
+    parameterization: String,
+    /// Calibration prompts; sample i uses `prompts[i % len]`.
+    prompts: Vec<String>,
+    samples: usize,
+    seed: u64,
+    cfg_scale: f64,
+    solvers: Vec<String>,
+    nfe: Vec<usize>,
+    teacher_steps: usize,
+    method: String,
+    distance: String,
+    aggregate: String,
+    batch: usize,
+}
+
+impl Manifest {
+    fn blocks(&self) -> usize {
+        self.samples.div_ceil(self.batch)
+    }
+
+    /// Hash of what the schedule was calibrated on: prompts, seeds and guidance.
+    fn calibration_hash(&self) -> String {
+        let text = format!("{:?}|{}|{}|{}", self.prompts, self.samples, self.seed, self.cfg_scale);
+        crate::schedules::sha256_hex(text.as_bytes())
+    }
+
+    fn configs(&self, schedule: &NoiseSchedule) -> Result<Vec<Config>> {
+        let method: Method = self.method.parse()?;
+        let distance: Distance = self.distance.parse()?;
+        let grid = teacher::default_grid(schedule, self.teacher_steps)?;
+        let mut configs = Vec::new();
+        for solver in &self.solvers {
+            let sampler: Sampler = solver.parse()?;
+            Student::new(sampler).with_context(|| format!("--solver {solver}"))?;
+            if method == Method::Exact && sampler.kind.order() > 1 {
+                bail!("--method exact searches single steps; distill {solver} with --method oss");
+            }
+            for &nfe in &self.nfe {
+                anyhow::ensure!(
+                    (1..=self.teacher_steps).contains(&nfe),
+                    "--nfe {nfe}: must be between 1 and --teacher-steps ({})",
+                    self.teacher_steps
+                );
+                let mut config = Config::new(schedule, sampler, nfe)?;
+                config.grid = grid.clone();
+                config.grid_name = teacher::default_grid_name(schedule).into();
+                config.method = method;
+                config.distance = distance;
+                config.batch = self.batch;
+                configs.push(config);
+            }
+        }
+        Ok(configs)
+    }
+}
+
+/// One calibration sample's schedules, a line of a records file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    block: usize,
+    sample: usize,
+    seed: u64,
+    prompt: String,
+    schedules: Vec<RecordSchedule>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RecordSchedule {
+    solver: String,
+    nfe: usize,
+    indices: Vec<usize>,
+    /// As k-diffusion sigmas; a leading infinity (flow models) is written as null.
+    sigmas: Vec<Option<f64>>,
+    cost: f64,
+}
+
+/// tiny-shapes with one prompt per calibration sample and guidance: rows of a batch pick their
+/// sample's prompt.
+struct PromptRows<'a> {
+    guided: &'a Guided<'a>,
+    prompt_count: usize,
+    /// The first calibration sample of the batch the distiller is working on.
+    first: usize,
+}
+
+impl RowDenoiser for PromptRows<'_> {
+    fn schedule(&self) -> &NoiseSchedule {
+        self.guided.schedule()
+    }
+    fn parameterization(&self) -> Parameterization {
+        self.guided.parameterization()
+    }
+    fn predict(&self, x: &Tensor, sigmas: &[f64], samples: &[usize]) -> candle_core::Result<Tensor> {
+        let prompts: Vec<usize> = samples.iter().map(|s| (self.first + s) % self.prompt_count).collect();
+        self.guided.rows(&prompts)?.predict(x, sigmas)
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    match args.command {
+        Some(DistillCommand::Merge { out }) => {
+            let manifest = read_manifest(&out)?;
+            write_schedules(&out, &manifest)
+        }
+        None => run_job(args.job),
+    }
+}
+
+fn run_job(args: JobArgs) -> Result<()> {
+    anyhow::ensure!(args.samples > 0 && args.batch > 0, "--samples and --batch must be at least 1");
+    anyhow::ensure!(args.teacher_steps >= 2, "--teacher-steps must be at least 2");
+    anyhow::ensure!(args.cfg_scale.is_finite(), "--cfg-scale must be a finite number");
+    anyhow::ensure!(!args.solver.is_empty() && !args.nfe.is_empty(), "give at least one --solver and --nfe");
+    args.aggregate.parse::<Aggregate>()?;
+    let dir = match args.model.as_str() {
+        "tiny-shapes" => TinyShapes::default_dir(),
+        other => PathBuf::from(other),
+    };
+    anyhow::ensure!(
+        dir.join("model.safetensors").is_file(),
+        "--model {}: no tiny-shapes model there (expected config.json, tokenizer.json, model.safetensors in {})",
+        args.model,
+        dir.display()
+    );
+    let prompts = calibration_prompts(&args)?;
+    let device = args.device.open()?;
+    let model = TinyShapes::load(&dir, &device).with_context(|| format!("loading {}", dir.display()))?;
+    let manifest = Manifest {
+        model_id: "tiny-shapes".into(),
+        model_hash: model_hash(&dir)?,
+        parameterization: parameterization_name(Parameterization::FlowVelocity).into(),
+        prompts,
+        samples: args.samples,
+        seed: args.seed,
+        cfg_scale: args.cfg_scale,
+        solvers: args.solver.clone(),
+        nfe: args.nfe.clone(),
+        teacher_steps: args.teacher_steps,
+        method: args.method.clone(),
+        distance: args.distance.clone(),
+        aggregate: args.aggregate.clone(),
+        batch: args.batch,
+    };
+    let texts: Vec<&str> = manifest.prompts.iter().map(String::as_str).collect();
+    let guided = model.denoiser(&texts, args.cfg_scale)?;
+    let configs = manifest.configs(guided.schedule())?;
+    pin_manifest(&args.out, &manifest)?;
+
+    let shard = args.shard.unwrap_or(Shard { index: 0, count: 1 });
+    let done = read_records(&args.out)?;
+    let todo: Vec<usize> =
+        (0..manifest.blocks()).filter(|b| b % shard.count == shard.index && !done.contains_key(b)).collect();
+    let block_len = |b: usize| manifest.batch.min(manifest.samples - b * manifest.batch);
+    let units: usize = todo.iter().map(|&b| block_len(b) * configs.len()).sum();
+    eprintln!(
+        "distilling {} solver x NFE schedules from {} samples ({} blocks of {}; {} done, {} to do in shard {}/{}) into {}",
+        configs.len(),
+        manifest.samples,
+        manifest.blocks(),
+        manifest.batch,
+        done.len(),
+        todo.len(),
+        shard.index,
+        shard.count,
+        args.out.display()
+    );
+    let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(units as u64) };
+    bar.set_style(ProgressStyle::with_template(
+        "{bar:30} {pos}/{len} sample schedules [{elapsed_precise}<{eta_precise}] {msg}",
+    )?);
+    let records_path =
+        args.out.join("work").join(format!("records-{}-of-{}.jsonl", shard.index, shard.count));
+    for block in todo {
+        let first = block * manifest.batch;
+        let seeds: Vec<u64> = (first..first + block_len(block)).map(|i| manifest.seed + i as u64).collect();
+        let side = stride_shapes::SIDE;
+        let noise =
+            TorchNoise::new(&seeds).sample(&(seeds.len(), 3, side, side).into(), DType::F32, &device)?;
+        let rows = PromptRows { guided: &guided, prompt_count: texts.len(), first };
+        let mut records: Vec<Record> = seeds
+            .iter()
+            .enumerate()
+            .map(|(k, &seed)| Record {
+                block,
+                sample: first + k,
+                seed,
+                prompt: manifest.prompts[(first + k) % texts.len()].clone(),
+                schedules: Vec::new(),
+            })
+            .collect();
+        for config in &configs {
+            bar.set_message(format!("{} {} steps", config.student.kind.name(), config.steps));
+            let distilled = distill(&rows, &noise, config, |p| {
+                if let Progress::Sample { .. } = p {
+                    bar.inc(1);
+                }
+            })?;
+            for (record, schedule) in records.iter_mut().zip(distilled.samples) {
+                record.schedules.push(RecordSchedule {
+                    solver: config.student.kind.name().into(),
+                    nfe: config.steps,
+                    indices: schedule.indices,
+                    sigmas: schedule.sigmas.iter().map(|s| s.is_finite().then_some(*s)).collect(),
+                    cost: schedule.cost,
+                });
+            }
+        }
+        append_records(&records_path, &records)?;
+    }
+    bar.finish_and_clear();
+    let done = read_records(&args.out)?;
+    let missing: Vec<usize> = (0..manifest.blocks()).filter(|b| !done.contains_key(b)).collect();
+    if missing.is_empty() {
+        write_schedules(&args.out, &manifest)
+    } else {
+        eprintln!(
+            "shard {}/{} done; {} blocks of other shards remain. When every shard has finished: \
+             stride distill merge --out {}",
+            shard.index,
+            shard.count,
+            missing.len(),
+            args.out.display()
+        );
+        Ok(())
+    }
+}
+
+/// The calibration prompts: the file's lines, or for tiny-shapes the first `samples` distinct
+/// training-distribution prompts of the shapes world with seed 1.
+fn calibration_prompts(args: &JobArgs) -> Result<Vec<String>> {
+    let prompts: Vec<String> = match &args.prompts {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading prompts from {}", path.display()))?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(String::from)
+            .collect(),
+        None => World::new(1).samples(0).map(|s| s.prompt.text).take(args.samples).collect(),
+    };
+    anyhow::ensure!(!prompts.is_empty(), "no prompts in the prompts file");
+    Ok(prompts)
+}
+
+fn manifest_path(out: &Path) -> PathBuf {
+    out.join("work").join("job.json")
+}
+
+fn read_manifest(out: &Path) -> Result<Manifest> {
+    let path = manifest_path(out);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!("reading {} (is {} a distill job's --out?)", path.display(), out.display())
+    })?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Writes the manifest for a new job, or checks that a resumed one has the same settings.
+fn pin_manifest(out: &Path, manifest: &Manifest) -> Result<()> {
+    let path = manifest_path(out);
+    if path.exists() {
+        let pinned = read_manifest(out)?;
+        if pinned != *manifest {
+            let (a, b) = (serde_json::to_value(&pinned)?, serde_json::to_value(manifest)?);
+            let differing: Vec<String> = a
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(k, v)| b.get(k.as_str()) != Some(v))
+                .map(|(k, _)| k.clone())
+                .collect();
+            bail!(
+                "{} holds a job with other settings ({}); resume it with the same flags, or choose another --out",
+                path.display(),
+                differing.join(", ")
+            );
+        }
+        return Ok(());
+    }
+    std::fs::create_dir_all(path.parent().expect("has a parent"))
+        .with_context(|| format!("creating {}", out.display()))?;
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(manifest)? + "\n")?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Appends a finished block's records and syncs them to disk. A partial last line (a job killed
+/// mid-write) is ended first, so it stays one unreadable line instead of spoiling the next.
+fn append_records(path: &Path, records: &[Record]) -> Result<()> {
+    let ends_cleanly = std::fs::read(path).map_or(true, |bytes| bytes.last().is_none_or(|&b| b == b'\n'));
+    let mut text = String::from(if ends_cleanly { "" } else { "\n" });
+    for record in records {
+        text.push_str(&serde_json::to_string(record)?);
+        text.push('\n');
+    }
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all().with_context(|| format!("writing {}", path.display()))
+}
+
+/// Every complete block in `out/work/records-*.jsonl`, by block index. A block is complete when
+/// all its lines are there (a job killed mid-write leaves a partial last line, ignored).
+fn read_records(out: &Path) -> Result<BTreeMap<usize, Vec<Record>>> {
+    let work = out.join("work");
+    let mut by_block: BTreeMap<usize, Vec<Record>> = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(&work) else { return Ok(by_block) };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let Ok(record) = serde_json::from_str::<Record>(line) else { continue };
+            let block = by_block.entry(record.block).or_default();
+            if !block.iter().any(|r| r.sample == record.sample) {
+                block.push(record);
+            }
+        }
+    }
+    let manifest = read_manifest(out).ok();
+    if let Some(m) = manifest {
+        by_block
+            .retain(|&b, records| b < m.blocks() && records.len() == m.batch.min(m.samples - b * m.batch));
+    }
+    for records in by_block.values_mut() {
+        records.sort_by_key(|r| r.sample);
+    }
+    Ok(by_block)
+}
+
+/// Aggregates every (solver, NFE) over all samples and writes `OUT/SOLVER-NFE.json`.
+fn write_schedules(out: &Path, manifest: &Manifest) -> Result<()> {
+    let records = read_records(out)?;
+    let missing: Vec<usize> = (0..manifest.blocks()).filter(|b| !records.contains_key(b)).collect();
+    if !missing.is_empty() {
+        bail!(
+            "blocks {missing:?} of {} are not done yet: run the shards that own them (block b belongs to \
+             shard b mod N) before merging",
+            manifest.blocks()
+        );
+    }
+    let how: Aggregate = manifest.aggregate.parse()?;
+    let schedule = NoiseSchedule::Flow { shift: 1.0 };
+    let provenance = Provenance {
+        model_id: manifest.model_id.clone(),
+        model_hash: manifest.model_hash.clone(),
+        parameterization: Parameterization::FlowVelocity,
+        calibration_hash: manifest.calibration_hash(),
+    };
+    println!("{:<10} {:>4}  {:<60} {:>12}", "solver", "NFE", "sigmas (median over samples)", "mean cost");
+    for config in manifest.configs(&schedule)? {
+        let solver = config.student.kind.name();
+        let samples: Vec<SampleSchedule> = records
+            .values()
+            .flatten()
+            .map(|r| {
+                let s =
+                    r.schedules.iter().find(|s| s.solver == solver && s.nfe == config.steps).with_context(
+                        || format!("sample {} has no {solver} {}-step schedule", r.sample, config.steps),
+                    )?;
+                Ok(SampleSchedule {
+                    indices: s.indices.clone(),
+                    sigmas: s.sigmas.iter().map(|s| s.unwrap_or(f64::INFINITY)).collect(),
+                    cost: s.cost,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let file = ScheduleFile::new(&samples, &config, &provenance, how, None)?;
+        let path = out.join(format!("{solver}-{}.json", config.steps));
+        file.write(&path)?;
+        let shown: Vec<String> = file.sigmas.iter().map(|s| format!("{s:.3}")).collect();
+        println!(
+            "{solver:<10} {:>4}  {:<60} {:>12.4e}",
+            config.steps,
+            shown.join(","),
+            file.costs.per_sample_mean
+        );
+    }
+    println!("schedules: {}", out.display());
+    Ok(())
+}

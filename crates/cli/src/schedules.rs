@@ -1,0 +1,97 @@
+//! Distilled schedule files in `generate` (`--schedule FILE`, `--scheduler distilled`), and the
+//! hashes that tie a schedule to its model and calibration set.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+use stride_distill::{Intended, ScheduleFile};
+use stride_solvers::Sigmas;
+
+/// Folder, inside a model folder, of the schedules shipped with it (`SOLVER-NFE.json`).
+pub const SHIPPED_DIR: &str = "schedules";
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `sha256:` and the first 16 hex digits of the SHA-256 of `dir/model.safetensors`.
+pub fn model_hash(dir: &Path) -> Result<String> {
+    let path = dir.join("model.safetensors");
+    let mut file = std::fs::File::open(&path).with_context(|| format!("hashing {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buffer).with_context(|| format!("hashing {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    let hex: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("sha256:{}", &hex[..16]))
+}
+
+/// The model a schedule is about to be used with.
+pub struct Target<'a> {
+    pub model_id: &'a str,
+    /// Empty when unknown (the id decides then).
+    pub model_hash: &'a str,
+    pub solver: &'a str,
+}
+
+/// The schedule in `path` for `target`, at `steps` (log-linearly interpolated when it differs
+/// from the file's NFE; `None` keeps the file's). A file made for another model or solver is
+/// refused unless `force`, which turns the refusal into warnings.
+pub fn load(path: &Path, target: &Target, steps: Option<usize>, force: bool) -> Result<Sigmas> {
+    let file = ScheduleFile::read(path)?;
+    let intended =
+        Intended { model_id: target.model_id, model_hash: target.model_hash, solver: target.solver };
+    for warning in file.check(&path.display().to_string(), &intended, force)? {
+        eprintln!("warning: {warning} (used anyway: --force)");
+    }
+    match steps {
+        Some(steps) if steps != file.nfe => {
+            eprintln!(
+                "note: {} was distilled for {} steps; interpolated log-linearly to {steps}",
+                path.display(),
+                file.nfe
+            );
+            Ok(file.sigmas_for(steps)?)
+        }
+        _ => Ok(file.sigmas()?),
+    }
+}
+
+/// The shipped schedule for `solver` closest to `steps` in `model_dir/schedules/`: the exact
+/// NFE if there, else the nearest (to be interpolated).
+pub fn shipped(model_dir: &Path, solver: &str, steps: usize) -> Result<PathBuf> {
+    let dir = model_dir.join(SHIPPED_DIR);
+    let mut candidates: Vec<(usize, PathBuf)> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter_map(|p| {
+            let stem = p.file_stem()?.to_str()?;
+            let (name, nfe) = stem.rsplit_once('-')?;
+            (name == solver && p.extension()? == "json").then_some((nfe.parse().ok()?, p.clone()))
+        })
+        .collect();
+    if candidates.is_empty() {
+        bail!(
+            "--scheduler distilled: no schedule for {solver} in {} (distill one with `stride distill --solver \
+             {solver} --out {}`, or pass --schedule FILE)",
+            dir.display(),
+            dir.display()
+        );
+    }
+    candidates.sort_by_key(|(nfe, _)| (nfe.abs_diff(steps), *nfe));
+    Ok(candidates.swap_remove(0).1)
+}
+
+/// Writes sigmas as a `--sigmas` list that parses back to the same values (`inf` included).
+pub fn to_list(sigmas: &Sigmas) -> String {
+    sigmas.as_slice().iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",")
+}
