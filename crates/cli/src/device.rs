@@ -11,6 +11,14 @@ pub enum DeviceArg {
 }
 
 impl DeviceArg {
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceArg::Cpu => "cpu",
+            DeviceArg::Cuda => "cuda",
+            DeviceArg::Metal => "metal",
+        }
+    }
+
     pub fn open(self) -> Result<Device> {
         match self {
             DeviceArg::Cpu => Ok(Device::Cpu),

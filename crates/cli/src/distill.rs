@@ -20,8 +20,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use stride_distill::file::parameterization_name;
 use stride_distill::{
-    distill, teacher, Aggregate, Config, Distance, Method, Progress, Provenance, RowDenoiser, SampleSchedule,
-    ScheduleFile, Student,
+    distill, teacher, Aggregate, Compute, Config, Distance, Method, Progress, Provenance, RowDenoiser,
+    SampleSchedule, ScheduleFile, Student,
 };
 use stride_models::tiny_shapes::Guided;
 use stride_models::TinyShapes;
@@ -147,6 +147,8 @@ struct Manifest {
     distance: String,
     aggregate: String,
     batch: usize,
+    /// Results are bit-identical only on one kind of device.
+    device: String,
 }
 
 impl Manifest {
@@ -208,6 +210,9 @@ struct RecordSchedule {
     /// As k-diffusion sigmas; a leading infinity (flow models) is written as null.
     sigmas: Vec<Option<f64>>,
     cost: f64,
+    /// This sample's share of its block's denoiser evaluations and seconds.
+    evaluations: f64,
+    seconds: f64,
 }
 
 /// tiny-shapes with one prompt per calibration sample and guidance: rows of a batch pick their
@@ -217,6 +222,8 @@ struct PromptRows<'a> {
     prompt_count: usize,
     /// The first calibration sample of the batch the distiller is working on.
     first: usize,
+    /// Rows evaluated so far.
+    evaluations: std::cell::Cell<usize>,
 }
 
 impl RowDenoiser for PromptRows<'_> {
@@ -227,6 +234,7 @@ impl RowDenoiser for PromptRows<'_> {
         self.guided.parameterization()
     }
     fn predict(&self, x: &Tensor, sigmas: &[f64], samples: &[usize]) -> candle_core::Result<Tensor> {
+        self.evaluations.set(self.evaluations.get() + samples.len());
         let prompts: Vec<usize> = samples.iter().map(|s| (self.first + s) % self.prompt_count).collect();
         self.guided.rows(&prompts)?.predict(x, sigmas)
     }
@@ -276,6 +284,7 @@ fn run_job(args: JobArgs) -> Result<()> {
         distance: args.distance.clone(),
         aggregate: args.aggregate.clone(),
         batch: args.batch,
+        device: args.device.name().into(),
     };
     let texts: Vec<&str> = manifest.prompts.iter().map(String::as_str).collect();
     let guided = model.denoiser(&texts, args.cfg_scale)?;
@@ -312,7 +321,7 @@ fn run_job(args: JobArgs) -> Result<()> {
         let side = stride_shapes::SIDE;
         let noise =
             TorchNoise::new(&seeds).sample(&(seeds.len(), 3, side, side).into(), DType::F32, &device)?;
-        let rows = PromptRows { guided: &guided, prompt_count: texts.len(), first };
+        let rows = PromptRows { guided: &guided, prompt_count: texts.len(), first, evaluations: 0.into() };
         let mut records: Vec<Record> = seeds
             .iter()
             .enumerate()
@@ -326,11 +335,16 @@ fn run_job(args: JobArgs) -> Result<()> {
             .collect();
         for config in &configs {
             bar.set_message(format!("{} {} steps", config.student.kind.name(), config.steps));
+            let start = std::time::Instant::now();
+            rows.evaluations.set(0);
             let distilled = distill(&rows, &noise, config, |p| {
                 if let Progress::Sample { .. } = p {
                     bar.inc(1);
                 }
             })?;
+            let share = 1.0 / seeds.len() as f64;
+            let (evaluations, seconds) =
+                (rows.evaluations.get() as f64 * share, start.elapsed().as_secs_f64() * share);
             for (record, schedule) in records.iter_mut().zip(distilled.samples) {
                 record.schedules.push(RecordSchedule {
                     solver: config.student.kind.name().into(),
@@ -338,6 +352,8 @@ fn run_job(args: JobArgs) -> Result<()> {
                     indices: schedule.indices,
                     sigmas: schedule.sigmas.iter().map(|s| s.is_finite().then_some(*s)).collect(),
                     cost: schedule.cost,
+                    evaluations,
+                    seconds,
                 });
             }
         }
@@ -506,7 +522,19 @@ fn write_schedules(out: &Path, manifest: &Manifest) -> Result<()> {
                 })
             })
             .collect::<Result<_>>()?;
-        let file = ScheduleFile::new(&samples, &config, &provenance, how, None)?;
+        let mut file = ScheduleFile::new(&samples, &config, &provenance, how, None)?;
+        let spent: Vec<(f64, f64)> = records
+            .values()
+            .flatten()
+            .flat_map(|r| r.schedules.iter().filter(|s| s.solver == solver && s.nfe == config.steps))
+            .map(|s| (s.evaluations, s.seconds))
+            .collect();
+        let n = spent.len() as f64;
+        file.compute = Some(Compute {
+            model_evaluations: spent.iter().map(|s| s.0).sum::<f64>() / n,
+            seconds: spent.iter().map(|s| s.1).sum::<f64>() / n,
+            device: manifest.device.clone(),
+        });
         let path = out.join(format!("{solver}-{}.json", config.steps));
         file.write(&path)?;
         let shown: Vec<String> = file.sigmas.iter().map(|s| format!("{s:.3}")).collect();

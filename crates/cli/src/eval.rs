@@ -15,8 +15,12 @@ use crate::device::DeviceArg;
 #[command(after_help = "Examples:
   stride eval                                   # 500 held-out prompts at 50, 20, 10 and 5 steps
   stride eval --steps 50 --limit 100            # a quicker look
-  stride eval --write-heldout models/tiny-shapes/heldout_prompts.txt")]
+  stride eval --write-heldout models/tiny-shapes/heldout_prompts.txt
+  stride eval schedules                         # hand-designed vs distilled step schedules")]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Args {
+    #[command(subcommand)]
+    command: Option<EvalCommand>,
     /// Model folder (config.json, tokenizer.json, model.safetensors).
     #[arg(long, default_value = "models/tiny-shapes")]
     model_dir: PathBuf,
@@ -50,7 +54,17 @@ pub struct Args {
     device: DeviceArg,
 }
 
+#[derive(clap::Subcommand)]
+enum EvalCommand {
+    /// Hand-designed (uniform, karras, exponential, log-SNR, AYS) against distilled (exact DP,
+    /// OSS) step schedules: PSNR against the teacher and ShapesEval pass rate, per NFE.
+    Schedules(crate::eval_schedules::Args),
+}
+
 pub fn run(args: Args) -> Result<()> {
+    if let Some(EvalCommand::Schedules(args)) = args.command {
+        return crate::eval_schedules::run(args);
+    }
     if let Some(path) = &args.write_heldout {
         let prompts = World::new(0).heldout_prompts(500);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -123,11 +137,18 @@ fn generate(
     Ok(images)
 }
 
-fn to_images(batch: &Tensor) -> Result<Vec<Image32>> {
+/// A batch in [-1, 1] (clamped) as ShapesEval images.
+pub fn to_images(batch: &Tensor) -> Result<Vec<Image32>> {
     let batch = batch.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.clamp(-1.0, 1.0)?;
     (0..batch.dim(0)?)
         .map(|i| Ok(Image32::from_chw(batch.get(i)?.flatten_all()?.to_vec1::<f32>()?)?))
         .collect()
+}
+
+/// The fraction of images that pass their prompt's ShapesEval check.
+pub fn pass_rate(prompts: &[Prompt], images: &[Image32]) -> f64 {
+    let passed = prompts.iter().zip(images).filter(|(p, image)| check(&p.request, image).passed()).count();
+    passed as f64 / prompts.len().max(1) as f64
 }
 
 /// Prints the whole-prompt pass rate (overall and on single-object prompts) and the
@@ -171,7 +192,7 @@ fn report(steps: usize, prompts: &[Prompt], images: &[Image32]) {
 }
 
 /// Writes images as an 8-wide grid, each scaled 4x (nearest), as PNG.
-fn write_grid(path: &Path, images: &[Image32]) -> Result<()> {
+pub fn write_grid(path: &Path, images: &[Image32]) -> Result<()> {
     let (cols, scale, side) = (8usize, 4usize, stride_shapes::SIDE);
     let rows = images.len().div_ceil(cols).max(1);
     let (w, h) = (cols * side * scale, rows * side * scale);

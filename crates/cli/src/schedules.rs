@@ -65,11 +65,10 @@ pub fn load(path: &Path, target: &Target, steps: Option<usize>, force: bool) -> 
     }
 }
 
-/// The shipped schedule for `solver` closest to `steps` in `model_dir/schedules/`: the exact
-/// NFE if there, else the nearest (to be interpolated).
-pub fn shipped(model_dir: &Path, solver: &str, steps: usize) -> Result<PathBuf> {
-    let dir = model_dir.join(SHIPPED_DIR);
-    let mut candidates: Vec<(usize, PathBuf)> = std::fs::read_dir(&dir)
+/// The schedule file for `solver` in `dir` (`SOLVER-NFE.json`) whose NFE is closest to `steps`
+/// (the exact one if there).
+pub fn nearest(dir: &Path, solver: &str, steps: usize) -> Option<PathBuf> {
+    let mut candidates: Vec<(usize, PathBuf)> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -79,16 +78,22 @@ pub fn shipped(model_dir: &Path, solver: &str, steps: usize) -> Result<PathBuf> 
             (name == solver && p.extension()? == "json").then_some((nfe.parse().ok()?, p.clone()))
         })
         .collect();
-    if candidates.is_empty() {
-        bail!(
+    candidates.sort_by_key(|(nfe, _)| (nfe.abs_diff(steps), *nfe));
+    candidates.into_iter().next().map(|(_, path)| path)
+}
+
+/// The schedule shipped with a model (`model_dir/schedules/`) for `solver` nearest `steps`.
+pub fn shipped(model_dir: &Path, solver: &str, steps: usize) -> Result<PathBuf> {
+    let dir = model_dir.join(SHIPPED_DIR);
+    match nearest(&dir, solver, steps) {
+        Some(path) => Ok(path),
+        None => bail!(
             "--scheduler distilled: no schedule for {solver} in {} (distill one with `stride distill --solver \
              {solver} --out {}`, or pass --schedule FILE)",
             dir.display(),
             dir.display()
-        );
+        ),
     }
-    candidates.sort_by_key(|(nfe, _)| (nfe.abs_diff(steps), *nfe));
-    Ok(candidates.swap_remove(0).1)
 }
 
 /// Writes sigmas as a `--sigmas` list that parses back to the same values (`inf` included).

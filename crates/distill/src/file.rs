@@ -30,7 +30,20 @@ pub struct ScheduleFile {
     pub search: SearchInfo,
     pub calibration: CalibrationInfo,
     pub costs: Costs,
+    /// What the distillation spent, when the job measured it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute: Option<Compute>,
     pub per_sample: Vec<SampleRecord>,
+}
+
+/// The distillation's own cost, per calibration sample.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Compute {
+    /// Denoiser evaluations (one sample at one noise level; guidance's two passes count once).
+    pub model_evaluations: f64,
+    pub seconds: f64,
+    /// Where it ran (e.g. `cpu`).
+    pub device: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -150,6 +163,7 @@ impl ScheduleFile {
                 per_sample_mean: samples.iter().map(|s| s.cost).sum::<f64>() / count as f64,
                 aggregate: aggregate_cost,
             },
+            compute: None,
             per_sample: samples
                 .iter()
                 .map(|s| SampleRecord { sigmas: s.sigmas.clone(), cost: s.cost })

@@ -53,7 +53,7 @@ pub mod teacher;
 pub use aggregate::{aggregate, interpolate, Aggregate};
 pub use dp::{oss_search, shortest_path, OssSearch, Path};
 pub use error::DistillError;
-pub use file::{Intended, Provenance, ScheduleFile};
+pub use file::{Compute, Intended, Provenance, ScheduleFile};
 pub use model::{RowDenoiser, Shared};
 pub use search::{distill, fidelity, Config, Distilled, Method, Progress, SampleSchedule};
 pub use student::{Distance, Student};

@@ -14,7 +14,6 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use stride_models::{GaussianMixture, TinyShapes};
-use stride_shapes::{check, Image32};
 use stride_solvers::adaptive::{AdaptiveSampler, EulerMaruyama};
 use stride_solvers::{
     Denoiser, NoiseSchedule, NoiseSource, Parameterization, Sampler, SamplerKind, Scheduler, Sigmas,
@@ -392,15 +391,8 @@ fn bundled_model(args: &Args, ode_plot: &mut Vec<Series>) -> Result<()> {
          prompts (error column: 1 - pass rate)",
         args.cfg_scale
     );
-    let pass_rate = |out: &Tensor| -> Result<f64> {
-        let batch = out.clamp(-1.0, 1.0)?;
-        let mut passed = 0;
-        for (i, prompt) in prompts.iter().enumerate() {
-            let image = Image32::from_chw(batch.get(i)?.flatten_all()?.to_vec1::<f32>()?)?;
-            passed += usize::from(check(&prompt.request, &image).passed());
-        }
-        Ok(passed as f64 / n as f64)
-    };
+    let pass_rate =
+        |out: &Tensor| -> Result<f64> { Ok(crate::eval::pass_rate(&prompts, &crate::eval::to_images(out)?)) };
     let mut fixed = Vec::new();
     for &steps in args.em_steps.iter().filter(|&&s| s <= 500) {
         let mut noise = TorchNoise::consecutive(1_000_000, n);
