@@ -90,7 +90,9 @@ pub struct Args {
     num_samples: usize,
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
-    /// One prompt a line (blank lines and lines starting with # are skipped).
+    /// One prompt a line (blank lines and lines starting with # are skipped), or JSON lines
+    /// with per-line settings: {"prompt": "a red circle", "seed": 7, "steps": 10, "cfg_scale": 4,
+    /// "sampler": "euler", "scheduler": "karras", "negative_prompt": "...", "num_samples": 2, ...}.
     #[arg(long)]
     prompts_file: Option<PathBuf>,
     /// Output path; {seed} and {index} are replaced.
@@ -104,6 +106,9 @@ pub struct Args {
     /// Compute dtype: f32, or f16 / bf16 for Stable Diffusion (tiny-shapes runs in f32).
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// Every N steps, also write the model's current x0 prediction (out-stepK.png).
+    #[arg(long, default_value_t = 0)]
+    preview_every: usize,
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
@@ -163,7 +168,15 @@ pub fn run(args: Args) -> Result<()> {
             end += 1;
         }
         let batch = &jobs[start..end];
-        let images = sample(&model, batch, args.max_nfe, &device, &bars)?;
+        let mut preview = |step: usize, images: Vec<Tensor>| -> Result<()> {
+            for (job, image) in batch.iter().zip(images) {
+                let path = preview_path(&output_path(&args.output, &job.params, job.index, jobs.len()), step);
+                write_png(&path, &image, &job.params)?;
+            }
+            Ok(())
+        };
+        let preview = (args.preview_every > 0).then_some((args.preview_every, &mut preview as &mut Preview));
+        let images = sample(&model, batch, args.max_nfe, &device, &bars, preview)?;
         for (job, image) in batch.iter().zip(images) {
             let path = output_path(&args.output, &job.params, job.index, jobs.len());
             write_png(&path, &image, &job.params)?;
@@ -176,56 +189,115 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// One line of a prompts file: a plain prompt, or a JSON object with the prompt and any
+/// settings that differ from the command line's for that line.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Line {
+    prompt: String,
+    negative_prompt: Option<String>,
+    seed: Option<u64>,
+    num_samples: Option<usize>,
+    steps: Option<usize>,
+    sampler: Option<String>,
+    scheduler: Option<String>,
+    sigmas: Option<String>,
+    eta: Option<f64>,
+    cfg_scale: Option<f64>,
+    width: Option<u32>,
+    height: Option<u32>,
+}
+
+/// The prompt argument, or the lines of --prompts-file (blank and `#` lines skipped).
+fn lines(args: &Args) -> Result<Vec<Line>> {
+    let path = match (&args.prompt, &args.prompts_file) {
+        (Some(_), Some(_)) => bail!("give a prompt or --prompts-file, not both"),
+        (Some(p), None) => return Ok(vec![Line { prompt: p.clone(), ..Line::default() }]),
+        (None, Some(path)) => path,
+        (None, None) => bail!("what should the image show? e.g. stride generate \"a red circle\""),
+    };
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut lines = Vec::new();
+    for (number, line) in text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if line.starts_with('{') {
+            let parsed: Line = serde_json::from_str(line)
+                .with_context(|| format!("{} line {number}: not a valid JSON prompt line", path.display()))?;
+            lines.push(parsed);
+        } else {
+            lines.push(Line { prompt: line.to_string(), ..Line::default() });
+        }
+    }
+    anyhow::ensure!(!lines.is_empty(), "{} has no prompts", path.display());
+    Ok(lines)
+}
+
 /// The images to make, from --from, --prompts-file or the prompt argument.
 fn jobs(args: &Args) -> Result<Vec<Job>> {
     if let Some(path) = &args.from {
         let params = Params::from_png(path)?;
         return Ok(vec![Job { params, index: 0 }]);
     }
-    let prompts: Vec<String> = match (&args.prompt, &args.prompts_file) {
-        (Some(_), Some(_)) => bail!("give a prompt or --prompts-file, not both"),
-        (Some(p), None) => vec![p.clone()],
-        (None, Some(path)) => std::fs::read_to_string(path)
-            .with_context(|| format!("reading {}", path.display()))?
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(String::from)
-            .collect(),
-        (None, None) => bail!("what should the image show? e.g. stride generate \"a red circle\""),
-    };
-    anyhow::ensure!(!prompts.is_empty(), "the prompts file has no prompts");
-    if let Some(i) = prompts.iter().position(|p| p.trim().is_empty()) {
-        bail!("prompt {} is empty: describe the image, e.g. \"a red circle\"", i + 1);
-    }
-    // Validate names and numbers before loading anything.
-    if args.sampler.parse::<AdaptiveSampler>().is_err() {
-        let _: Sampler = args.sampler.parse()?;
-    }
     for (name, tol) in [("--rtol", args.rtol), ("--atol", args.atol)] {
         anyhow::ensure!(tol.is_none_or(|t| t.is_finite() && t > 0.0), "{name} must be a positive number");
     }
     anyhow::ensure!(args.max_nfe > 0, "--max-nfe must be at least 1");
-    // The model's defaults for what was not given.
+    let lines = lines(args)?;
     let choice = choose_model(args, &args.model)?;
-    let (steps, scheduler, cfg_scale, width, height) = match &choice {
+    let seed = args.seed.unwrap_or_else(random_seed);
+    let mut jobs = Vec::new();
+    for (number, line) in lines.iter().enumerate() {
+        let params = line_params(args, &choice, line, seed).map_err(|e| {
+            if lines.len() > 1 {
+                e.context(format!("prompt {}", number + 1))
+            } else {
+                e
+            }
+        })?;
+        for i in 0..line.num_samples.unwrap_or(args.num_samples) {
+            let index = jobs.len();
+            let params = Params { seed: params.seed.wrapping_add(i as u64), ..params.clone() };
+            jobs.push(Job { params, index });
+        }
+    }
+    anyhow::ensure!(!jobs.is_empty(), "nothing to generate: every line asks for 0 samples");
+    Ok(jobs)
+}
+
+/// One line's parameters: its own settings, else the command line's, else the model's
+/// defaults; validated before anything is loaded.
+fn line_params(args: &Args, choice: &Choice, line: &Line, seed: u64) -> Result<Params> {
+    anyhow::ensure!(
+        !line.prompt.trim().is_empty(),
+        "the prompt is empty: describe the image, e.g. \"a red circle\""
+    );
+    let sampler = line.sampler.clone().unwrap_or_else(|| args.sampler.clone());
+    if sampler.parse::<AdaptiveSampler>().is_err() {
+        let _: Sampler = sampler.parse()?;
+    }
+    let (steps, scheduler, cfg_scale, width, height) = match choice {
         Choice::Tiny(_) => (20, "uniform", 3.0, stride_shapes::SIDE, stride_shapes::SIDE),
         Choice::Sd { variant, .. } => {
             let d = variant.defaults();
             (d.steps, d.scheduler, d.cfg_scale, d.width, d.height)
         }
     };
-    let mut steps = args.steps.unwrap_or(steps);
-    let mut scheduler = args.scheduler.clone().unwrap_or_else(|| scheduler.to_string());
-    let mut sigmas = args.sigmas.clone();
+    let explicit_steps = line.steps.or(args.steps);
+    let mut steps = explicit_steps.unwrap_or(steps);
+    let mut scheduler =
+        line.scheduler.clone().or_else(|| args.scheduler.clone()).unwrap_or_else(|| scheduler.to_string());
+    let mut sigmas = line.sigmas.clone().or_else(|| args.sigmas.clone());
     if args.schedule.is_some() || scheduler == "distilled" {
-        let distilled = distilled_sigmas(args, &choice, steps)?;
+        anyhow::ensure!(sigmas.is_none(), "--sigmas and a distilled schedule: give one of them");
+        let distilled = distilled_sigmas(args, choice, &sampler, explicit_steps, steps)?;
         (steps, scheduler, sigmas) =
             (distilled.steps(), "distilled".into(), Some(schedules::to_list(&distilled)));
     }
-    let cfg_scale = args.cfg_scale.unwrap_or(cfg_scale);
+    let cfg_scale = line.cfg_scale.or(args.cfg_scale).unwrap_or(cfg_scale);
     let size = |arg: Option<u32>, default: usize| arg.map_or(default, |v| v as usize);
-    let (width, height) = (size(args.width, width), size(args.height, height));
+    let (width, height) = (size(line.width.or(args.width), width), size(line.height.or(args.height), height));
     if let Choice::Tiny(_) = choice {
         anyhow::ensure!(
             (width, height) == (stride_shapes::SIDE, stride_shapes::SIDE),
@@ -244,57 +316,53 @@ fn jobs(args: &Args) -> Result<Vec<Job>> {
     }
     anyhow::ensure!(steps > 0, "--steps must be at least 1");
     anyhow::ensure!(cfg_scale.is_finite(), "--cfg-scale must be a finite number");
-    if let Some(eta) = args.eta {
+    let eta = line.eta.or(args.eta);
+    if let Some(eta) = eta {
         anyhow::ensure!(eta.is_finite() && eta >= 0.0, "--eta must be a finite number >= 0");
     }
-    let seed = args.seed.unwrap_or_else(random_seed);
-    let mut jobs = Vec::new();
-    for prompt in &prompts {
-        for i in 0..args.num_samples {
-            let index = jobs.len();
-            let params = Params {
-                prompt: prompt.clone(),
-                negative_prompt: args.negative_prompt.clone(),
-                steps,
-                sampler: args.sampler.clone(),
-                scheduler: scheduler.clone(),
-                sigmas: sigmas.clone(),
-                eta: args.eta,
-                rtol: args.rtol,
-                atol: args.atol,
-                cfg_scale,
-                seed: seed.wrapping_add(i as u64),
-                width,
-                height,
-                model: args.model.clone(),
-            };
-            jobs.push(Job { params, index });
-        }
-    }
-    Ok(jobs)
+    Ok(Params {
+        prompt: line.prompt.clone(),
+        negative_prompt: line.negative_prompt.clone().unwrap_or_else(|| args.negative_prompt.clone()),
+        steps,
+        sampler,
+        scheduler,
+        sigmas,
+        eta,
+        rtol: args.rtol,
+        atol: args.atol,
+        cfg_scale,
+        seed: line.seed.unwrap_or(seed),
+        width,
+        height,
+        model: args.model.clone(),
+    })
 }
 
 /// The distilled schedule of --schedule FILE, or the model's shipped one for --scheduler
 /// distilled, checked against the model and sampler.
-fn distilled_sigmas(args: &Args, choice: &Choice, steps: usize) -> Result<Sigmas> {
-    anyhow::ensure!(args.sigmas.is_none(), "--sigmas and a distilled schedule: give one of them");
+fn distilled_sigmas(
+    args: &Args,
+    choice: &Choice,
+    sampler: &str,
+    explicit_steps: Option<usize>,
+    steps: usize,
+) -> Result<Sigmas> {
     anyhow::ensure!(
-        args.sampler.parse::<AdaptiveSampler>().is_err(),
-        "{} chooses its own steps; a distilled schedule is for a fixed-step sampler",
-        args.sampler
+        sampler.parse::<AdaptiveSampler>().is_err(),
+        "{sampler} chooses its own steps; a distilled schedule is for a fixed-step sampler"
     );
     let (model_id, model_hash) = match choice {
         Choice::Tiny(dir) => ("tiny-shapes", schedules::model_hash(dir)?),
         Choice::Sd { variant, .. } => (variant.name(), String::new()),
     };
     let (path, steps) = match (&args.schedule, choice) {
-        (Some(path), _) => (path.clone(), args.steps),
-        (None, Choice::Tiny(dir)) => (schedules::shipped(dir, &args.sampler, steps)?, Some(steps)),
+        (Some(path), _) => (path.clone(), explicit_steps),
+        (None, Choice::Tiny(dir)) => (schedules::shipped(dir, sampler, steps)?, Some(steps)),
         (None, Choice::Sd { .. }) => {
             bail!("--scheduler distilled: no schedules ship with Stable Diffusion; distill one and pass --schedule FILE")
         }
     };
-    let target = schedules::Target { model_id, model_hash: &model_hash, solver: &args.sampler };
+    let target = schedules::Target { model_id, model_hash: &model_hash, solver: sampler };
     schedules::load(&path, &target, steps, args.force)
 }
 
@@ -351,12 +419,22 @@ fn same_but_seed(a: &Params, b: &Params) -> bool {
 }
 
 /// Samples a batch of jobs that differ only in their seeds.
+/// Receives the x0 predictions after a step (1-based), as images.
+type Preview<'a> = dyn FnMut(usize, Vec<Tensor>) -> Result<()> + 'a;
+
+/// `out.png` -> `out-step5.png`.
+fn preview_path(path: &Path, step: usize) -> PathBuf {
+    let stem = path.file_stem().map_or("image".into(), |s| s.to_string_lossy().into_owned());
+    path.with_file_name(format!("{stem}-step{step}.png"))
+}
+
 fn sample(
     model: &Model,
     batch: &[Job],
     max_nfe: usize,
     device: &Device,
     bars: &MultiProgress,
+    mut preview: Option<(usize, &mut Preview)>,
 ) -> Result<Vec<Tensor>> {
     let p = &batch[0].params;
     let prompts: Vec<&str> = batch.iter().map(|j| j.params.prompt.as_str()).collect();
@@ -411,9 +489,22 @@ fn sample(
     let x = sampler.initial_latent(denoiser, &sigmas, &dims, &mut noise, device)?;
     let bar = bars.add(ProgressBar::new(sigmas.steps() as u64));
     bar.set_style(ProgressStyle::with_template("steps  {bar:30} {pos}/{len} {per_sec} [{eta_precise}]")?);
-    let out =
-        sampler.sample(denoiser, x, &sigmas, &mut noise, |step| bar.set_position(step.index as u64 + 1))?;
+    let mut preview_error = None;
+    let out = sampler.sample(denoiser, x, &sigmas, &mut noise, |step| {
+        bar.set_position(step.index as u64 + 1);
+        let done = step.index + 1;
+        if let Some((_, write)) =
+            preview.as_mut().filter(|(every, _)| done % *every == 0 && done < step.steps)
+        {
+            if let Err(e) = images(step.denoised.clone()).and_then(|x0| write(done, x0)) {
+                preview_error.get_or_insert(e);
+            }
+        }
+    })?;
     bar.finish_and_clear();
+    if let Some(e) = preview_error {
+        return Err(e.context("writing a preview"));
+    }
     images(out)
 }
 

@@ -158,3 +158,55 @@ fn adaptive_samplers_report_their_steps_and_respect_the_cap() {
         );
     }
 }
+
+#[test]
+fn jsonl_prompt_lines_override_the_command_line_and_previews_are_written() {
+    let dir = temp_dir("jsonl");
+    let lines = [
+        "# a comment, then a plain line and a JSON line",
+        "a red circle",
+        r#"{"prompt": "a blue square", "seed": 42, "steps": 3, "num_samples": 2, "sampler": "euler"}"#,
+    ];
+    std::fs::write(dir.join("prompts.txt"), lines.join("\n")).unwrap();
+    let out = generate(
+        &dir,
+        &[
+            "--prompts-file",
+            "prompts.txt",
+            "--seed",
+            "5",
+            "--steps",
+            "4",
+            "--preview-every",
+            "2",
+            "-o",
+            "{index}.png",
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let info = |name: &str| {
+        let out = stride().arg("info").arg(dir.join(name)).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = info("0.png");
+    assert!(
+        first.starts_with("a red circle\n") && first.contains("Steps: 4") && first.contains("Seed: 5"),
+        "{first}"
+    );
+    assert!(first.contains("Sampler: dpmpp_2m"), "{first}");
+    for (name, seed) in [("1.png", 42), ("2.png", 43)] {
+        let text = info(name);
+        assert!(text.starts_with("a blue square\n"), "{text}");
+        assert!(text.contains("Steps: 3") && text.contains("Sampler: euler"), "{text}");
+        assert!(text.contains(&format!("Seed: {seed}")), "{text}");
+    }
+    // Previews every 2 steps, not at the last step (that is the image itself).
+    assert!(dir.join("0-step2.png").exists() && !dir.join("0-step4.png").exists());
+    assert!(dir.join("1-step2.png").exists() && !dir.join("1-step3.png").exists());
+
+    std::fs::write(dir.join("bad.txt"), "a red circle\n{\"prompt\": \"a cross\", \"colour\": \"red\"}\n")
+        .unwrap();
+    let out = generate(&dir, &["--prompts-file", "bad.txt"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("line 2") && stderr.contains("colour"), "{stderr}");
+}
