@@ -395,7 +395,13 @@ struct SdeModel<'a> {
     calls: usize,
 }
 
-impl SdeModel<'_> {
+impl<'a> SdeModel<'a> {
+    fn new(model: &'a dyn Denoiser) -> Self {
+        let schedule = model.schedule();
+        let (sde, family) = (ForwardSde::new(schedule), schedule.family());
+        Self { model, sde, family, param: model.parameterization(), calls: 0 }
+    }
+
     fn predict(
         &mut self,
         x: &Tensor,
@@ -473,9 +479,8 @@ impl AdaptiveSde {
     ) -> Result<(Tensor, AdaptiveStats), SolverError> {
         self.validate()?;
         check_range(sigma_max, sigma_min)?;
-        let sde = ForwardSde::new(model.schedule());
-        let family = model.schedule().family();
-        let mut m = SdeModel { model, sde: sde.clone(), family, param: model.parameterization(), calls: 0 };
+        let mut m = SdeModel::new(model);
+        let sde = m.sde.clone();
         let batch = x.dim(0)?;
         let (t_start, t_end) = (sde.time_at(sigma_max), sde.time_at(sigma_min));
         let mut stats = AdaptiveStats::new("adaptive_sde", self.max_nfe, sigma_min, batch);
@@ -629,9 +634,8 @@ impl EulerMaruyama {
     ) -> Result<Tensor, SolverError> {
         check(self.steps > 0, "euler_maruyama: steps must be at least 1")?;
         check_range(sigma_max, sigma_min)?;
-        let sde = ForwardSde::new(model.schedule());
-        let family = model.schedule().family();
-        let mut m = SdeModel { model, sde: sde.clone(), family, param: model.parameterization(), calls: 0 };
+        let mut m = SdeModel::new(model);
+        let sde = m.sde.clone();
         let batch = x.dim(0)?;
         let (t_start, t_end) = (sde.time_at(sigma_max), sde.time_at(sigma_min));
         let h = (t_start - t_end) / self.steps as f64;
