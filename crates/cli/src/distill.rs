@@ -23,10 +23,11 @@ use stride_distill::{
     distill, teacher, Aggregate, Compute, Config, Distance, Method, Progress, Provenance, RowDenoiser,
     SampleSchedule, ScheduleFile, Student,
 };
-use stride_models::tiny_shapes::Guided;
-use stride_models::TinyShapes;
+use stride_models::{StableDiffusion, TinyShapes, Variant};
 use stride_shapes::World;
-use stride_solvers::{Denoiser, NoiseSchedule, NoiseSource, Parameterization, Sampler, TorchNoise};
+use stride_solvers::{
+    Denoiser, NoiseSchedule, NoiseSource, Parameterization, Sampler, SamplerKind, Sigmas, TorchNoise,
+};
 
 use crate::device::DeviceArg;
 use crate::schedules::model_hash;
@@ -39,6 +40,7 @@ use crate::schedules::model_hash;
   stride distill --solver dpmpp_2m --nfe 5,10 --samples 16 --teacher-steps 100 --out my-schedules
   stride distill --prompts calibration.txt --solver euler --method exact   # the cheap mode
   stride distill --shard 3/8 --out runs/oss && stride distill merge --out runs/oss   # fanned out
+  stride distill --model sd15 --prompts prompts.txt --solver dpmpp_2m --nfe 10 --device cuda --out sd15-oss
 
 A killed job resumes where it stopped when run again with the same settings and --out."
 )]
@@ -61,9 +63,18 @@ enum DistillCommand {
 
 #[derive(clap::Args)]
 struct JobArgs {
-    /// tiny-shapes (bundled) or a tiny-shapes model folder.
+    /// tiny-shapes (bundled), a tiny-shapes folder, sd15, sd21, sdxl, sd-turbo, sdxl-turbo
+    /// (Hugging Face cache or Hub) or a diffusers Stable Diffusion folder.
     #[arg(long, default_value = "tiny-shapes")]
     model: String,
+    /// Folder with a Stable Diffusion model's files (instead of the Hugging Face cache or Hub).
+    #[arg(long)]
+    weights_dir: Option<PathBuf>,
+    /// Stable Diffusion image size (default: the model's).
+    #[arg(long)]
+    width: Option<usize>,
+    #[arg(long)]
+    height: Option<usize>,
     /// Calibration prompts, one a line (sample i uses line i mod count). Default for
     /// tiny-shapes: training-distribution prompts of the shapes world (seed 1, never held-out).
     #[arg(long)]
@@ -143,6 +154,11 @@ struct Manifest {
     solvers: Vec<String>,
     nfe: Vec<usize>,
     teacher_steps: usize,
+    /// The teacher's grid (a leading infinity, pure noise, as null) and how it is spaced.
+    grid: Vec<Option<f64>>,
+    grid_name: String,
+    /// One sample's latent shape.
+    latent: Vec<usize>,
     method: String,
     distance: String,
     aggregate: String,
@@ -162,10 +178,10 @@ impl Manifest {
         crate::schedules::sha256_hex(text.as_bytes())
     }
 
-    fn configs(&self, schedule: &NoiseSchedule) -> Result<Vec<Config>> {
+    fn configs(&self) -> Result<Vec<Config>> {
         let method: Method = self.method.parse()?;
         let distance: Distance = self.distance.parse()?;
-        let grid = teacher::default_grid(schedule, self.teacher_steps)?;
+        let grid = Sigmas::new(self.grid.iter().map(|s| s.unwrap_or(f64::INFINITY)).collect())?;
         let mut configs = Vec::new();
         for solver in &self.solvers {
             let sampler: Sampler = solver.parse()?;
@@ -179,13 +195,17 @@ impl Manifest {
                     "--nfe {nfe}: must be between 1 and --teacher-steps ({})",
                     self.teacher_steps
                 );
-                let mut config = Config::new(schedule, sampler, nfe)?;
-                config.grid = grid.clone();
-                config.grid_name = teacher::default_grid_name(schedule).into();
-                config.method = method;
-                config.distance = distance;
-                config.batch = self.batch;
-                configs.push(config);
+                configs.push(Config {
+                    student: sampler,
+                    steps: nfe,
+                    teacher: Sampler::new(SamplerKind::Euler),
+                    grid: grid.clone(),
+                    grid_name: self.grid_name.clone(),
+                    method,
+                    distance,
+                    batch: self.batch,
+                    max_rows: 256,
+                });
             }
         }
         Ok(configs)
@@ -215,10 +235,27 @@ struct RecordSchedule {
     seconds: f64,
 }
 
-/// tiny-shapes with one prompt per calibration sample and guidance: rows of a batch pick their
-/// sample's prompt.
+/// A denoiser conditioned on every calibration prompt that can serve any batch of them.
+trait PromptDenoiser: Denoiser {
+    /// The denoiser for a batch whose row `r` is prompt `prompts[r]`.
+    fn for_rows(&self, prompts: &[usize]) -> candle_core::Result<Box<dyn Denoiser + '_>>;
+}
+
+impl PromptDenoiser for stride_models::tiny_shapes::Guided<'_> {
+    fn for_rows(&self, prompts: &[usize]) -> candle_core::Result<Box<dyn Denoiser + '_>> {
+        Ok(Box::new(self.rows(prompts)?))
+    }
+}
+
+impl PromptDenoiser for stride_models::sd::Guided<'_> {
+    fn for_rows(&self, prompts: &[usize]) -> candle_core::Result<Box<dyn Denoiser + '_>> {
+        Ok(Box::new(self.rows(prompts)?))
+    }
+}
+
+/// The distiller's view: rows of a batch pick their calibration sample's prompt.
 struct PromptRows<'a> {
-    guided: &'a Guided<'a>,
+    guided: &'a dyn PromptDenoiser,
     prompt_count: usize,
     /// The first calibration sample of the batch the distiller is working on.
     first: usize,
@@ -236,8 +273,49 @@ impl RowDenoiser for PromptRows<'_> {
     fn predict(&self, x: &Tensor, sigmas: &[f64], samples: &[usize]) -> candle_core::Result<Tensor> {
         self.evaluations.set(self.evaluations.get() + samples.len());
         let prompts: Vec<usize> = samples.iter().map(|s| (self.first + s) % self.prompt_count).collect();
-        self.guided.rows(&prompts)?.predict(x, sigmas)
+        self.guided.for_rows(&prompts)?.predict(x, sigmas)
     }
+}
+
+/// A loaded model and what the schedule file says about it.
+enum Loaded {
+    Tiny { model: Box<TinyShapes>, hash: String },
+    Sd(Box<StableDiffusion>),
+}
+
+fn load_model(args: &JobArgs, device: &candle_core::Device) -> Result<Loaded> {
+    let sd = |variant: Variant, dir: Option<PathBuf>| -> Result<Loaded> {
+        let sd = StableDiffusion::load(variant, dir.as_deref(), device, DType::F32)
+            .with_context(|| format!("loading {variant}"))?;
+        Ok(Loaded::Sd(Box::new(sd)))
+    };
+    if let Some(variant) = Variant::from_name(&args.model) {
+        return sd(variant, args.weights_dir.clone());
+    }
+    let dir = match args.model.as_str() {
+        "tiny-shapes" => TinyShapes::default_dir(),
+        other => PathBuf::from(other),
+    };
+    if dir.join("unet/config.json").is_file() {
+        let variant = Variant::infer(&dir).with_context(|| format!("reading {}", dir.display()))?;
+        return sd(variant, Some(dir));
+    }
+    anyhow::ensure!(
+        dir.join("model.safetensors").is_file(),
+        "--model {}: not a known model (tiny-shapes, {}) nor a model folder",
+        args.model,
+        Variant::ALL.map(|v| v.name()).join(", ")
+    );
+    let model = TinyShapes::load(&dir, device).with_context(|| format!("loading {}", dir.display()))?;
+    Ok(Loaded::Tiny { model: Box::new(model), hash: model_hash(&dir)? })
+}
+
+/// `parameterization_name` backwards.
+fn parameterization_named(name: &str) -> Result<Parameterization> {
+    [Parameterization::Epsilon, Parameterization::X0, Parameterization::V, Parameterization::FlowVelocity]
+        .into_iter()
+        .find(|p| parameterization_name(*p) == name)
+        .with_context(|| format!("unknown parameterization `{name}` in the job file"))
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -256,39 +334,64 @@ fn run_job(args: JobArgs) -> Result<()> {
     anyhow::ensure!(args.cfg_scale.is_finite(), "--cfg-scale must be a finite number");
     anyhow::ensure!(!args.solver.is_empty() && !args.nfe.is_empty(), "give at least one --solver and --nfe");
     args.aggregate.parse::<Aggregate>()?;
-    let dir = match args.model.as_str() {
-        "tiny-shapes" => TinyShapes::default_dir(),
-        other => PathBuf::from(other),
-    };
-    anyhow::ensure!(
-        dir.join("model.safetensors").is_file(),
-        "--model {}: no tiny-shapes model there (expected config.json, tokenizer.json, model.safetensors in {})",
-        args.model,
-        dir.display()
-    );
     let prompts = calibration_prompts(&args)?;
     let device = args.device.open()?;
-    let model = TinyShapes::load(&dir, &device).with_context(|| format!("loading {}", dir.display()))?;
+    let loaded = load_model(&args, &device)?;
+    let texts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let (guided, latent, model_id, model_hash): (Box<dyn PromptDenoiser + '_>, Vec<usize>, String, String) =
+        match &loaded {
+            Loaded::Tiny { model, hash } => {
+                let side = stride_shapes::SIDE;
+                (
+                    Box::new(model.denoiser(&texts, args.cfg_scale)?),
+                    vec![3, side, side],
+                    "tiny-shapes".into(),
+                    hash.clone(),
+                )
+            }
+            Loaded::Sd(sd) => {
+                anyhow::ensure!(
+                    args.prompts.is_some(),
+                    "--prompts FILE: Stable Diffusion needs calibration prompts (the default ones are tiny-shapes')"
+                );
+                let d = sd.variant.defaults();
+                let (w, h) = (args.width.unwrap_or(d.width), args.height.unwrap_or(d.height));
+                let dims = sd.latent_dims(1, w, h)?;
+                // The weights are gigabytes in the hub cache; the variant's name identifies them.
+                (
+                    Box::new(sd.denoiser(&texts, "", args.cfg_scale, w, h)?),
+                    dims[1..].to_vec(),
+                    sd.variant.name().into(),
+                    String::new(),
+                )
+            }
+        };
+    let schedule = guided.schedule().clone();
     let manifest = Manifest {
-        model_id: "tiny-shapes".into(),
-        model_hash: model_hash(&dir)?,
-        parameterization: parameterization_name(Parameterization::FlowVelocity).into(),
-        prompts,
+        model_id,
+        model_hash,
+        parameterization: parameterization_name(guided.parameterization()).into(),
+        prompts: prompts.clone(),
         samples: args.samples,
         seed: args.seed,
         cfg_scale: args.cfg_scale,
         solvers: args.solver.clone(),
         nfe: args.nfe.clone(),
         teacher_steps: args.teacher_steps,
+        grid: teacher::default_grid(&schedule, args.teacher_steps)?
+            .as_slice()
+            .iter()
+            .map(|s| s.is_finite().then_some(*s))
+            .collect(),
+        grid_name: teacher::default_grid_name(&schedule).into(),
+        latent,
         method: args.method.clone(),
         distance: args.distance.clone(),
         aggregate: args.aggregate.clone(),
         batch: args.batch,
         device: args.device.name().into(),
     };
-    let texts: Vec<&str> = manifest.prompts.iter().map(String::as_str).collect();
-    let guided = model.denoiser(&texts, args.cfg_scale)?;
-    let configs = manifest.configs(guided.schedule())?;
+    let configs = manifest.configs()?;
     pin_manifest(&args.out, &manifest)?;
 
     let shard = args.shard.unwrap_or(Shard { index: 0, count: 1 });
@@ -318,10 +421,9 @@ fn run_job(args: JobArgs) -> Result<()> {
     for block in todo {
         let first = block * manifest.batch;
         let seeds: Vec<u64> = (first..first + block_len(block)).map(|i| manifest.seed + i as u64).collect();
-        let side = stride_shapes::SIDE;
-        let noise =
-            TorchNoise::new(&seeds).sample(&(seeds.len(), 3, side, side).into(), DType::F32, &device)?;
-        let rows = PromptRows { guided: &guided, prompt_count: texts.len(), first, evaluations: 0.into() };
+        let dims: Vec<usize> = std::iter::once(seeds.len()).chain(manifest.latent.iter().copied()).collect();
+        let noise = TorchNoise::new(&seeds).sample(&dims.into(), DType::F32, &device)?;
+        let rows = PromptRows { guided: &*guided, prompt_count: texts.len(), first, evaluations: 0.into() };
         let mut records: Vec<Record> = seeds
             .iter()
             .enumerate()
@@ -497,15 +599,14 @@ fn write_schedules(out: &Path, manifest: &Manifest) -> Result<()> {
         );
     }
     let how: Aggregate = manifest.aggregate.parse()?;
-    let schedule = NoiseSchedule::Flow { shift: 1.0 };
     let provenance = Provenance {
         model_id: manifest.model_id.clone(),
         model_hash: manifest.model_hash.clone(),
-        parameterization: Parameterization::FlowVelocity,
+        parameterization: parameterization_named(&manifest.parameterization)?,
         calibration_hash: manifest.calibration_hash(),
     };
     println!("{:<10} {:>4}  {:<60} {:>12}", "solver", "NFE", "sigmas (median over samples)", "mean cost");
-    for config in manifest.configs(&schedule)? {
+    for config in manifest.configs()? {
         let solver = config.student.kind.name();
         let samples: Vec<SampleSchedule> = records
             .values()

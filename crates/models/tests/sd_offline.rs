@@ -196,6 +196,22 @@ fn tiny_sd15_folder_loads_samples_two_steps_and_decodes() -> Result<()> {
     let max = images.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
     assert!(max <= 1.0);
 
+    // Rows gathered from the guided conditioning predict what the same conditioning built in
+    // that order does (the distiller's mixed batches). Same rows, same calls: exact.
+    let picked = denoiser.rows(&[1, 1])?;
+    let direct = sd.guided(
+        Conditioning {
+            context: Tensor::cat(&[&cond.narrow(0, 1, 1)?, &cond.narrow(0, 1, 1)?, &uncond], 0)?,
+            text_embeds: None,
+            time_ids: None,
+        },
+        7.5,
+    )?;
+    let x2 = Tensor::randn(0f32, 1., (2, 4, 8, 8), &dev)?;
+    let (a, b) = (picked.predict(&x2, &[3.0, 0.5])?, direct.predict(&x2, &[3.0, 0.5])?);
+    assert_eq!(max_abs_diff(&a, &b)?, 0.0, "gathered rows");
+    assert!(denoiser.rows(&[2]).is_err());
+
     // Sizes the VAE cannot produce are refused.
     assert!(matches!(sd.latent_dims(1, 60, 64), Err(SdError::Size(_))));
     // Guidance needs both halves; embeddings must match the UNet's width.

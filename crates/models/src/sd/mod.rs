@@ -542,6 +542,32 @@ impl Guided<'_> {
     pub fn samples(&self) -> usize {
         self.samples
     }
+
+    /// The denoiser for a batch whose row `r` is sample `samples[r]` of this one (repeats
+    /// allowed): the conditioning is gathered, not re-encoded. For the distiller, whose batches
+    /// mix calibration samples.
+    pub fn rows(&self, samples: &[usize]) -> candle_core::Result<Self> {
+        if let Some(&bad) = samples.iter().find(|&&s| s >= self.samples) {
+            candle_core::bail!(
+                "sample index {bad} out of range: the denoiser holds {} samples",
+                self.samples
+            );
+        }
+        let mut index: Vec<u32> = samples.iter().map(|&s| s as u32).collect();
+        if self.cfg_scale != 1.0 {
+            index.extend(samples.iter().map(|&s| (self.samples + s) as u32));
+        }
+        let index = Tensor::new(index, self.context.device())?;
+        let pick = |t: &Tensor| t.index_select(&index.to_device(t.device())?, 0);
+        Ok(Self {
+            model: self.model,
+            context: pick(&self.context)?,
+            text_embeds: self.text_embeds.as_ref().map(pick).transpose()?,
+            time_ids: self.time_ids.as_ref().map(pick).transpose()?,
+            cfg_scale: self.cfg_scale,
+            samples: samples.len(),
+        })
+    }
 }
 
 impl Denoiser for Guided<'_> {
