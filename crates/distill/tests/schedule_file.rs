@@ -27,6 +27,7 @@ fn file(sigmas: Vec<f64>) -> ScheduleFile {
         search: SearchInfo { method: "oss".into(), distance: "x0".into(), aggregate: "median".into() },
         calibration: CalibrationInfo { hash: "prompts-1".into(), count: 1 },
         costs: Costs { per_sample_mean: 0.01, aggregate: Some(0.02) },
+        compute: None,
         per_sample: vec![SampleRecord { sigmas, cost: 0.01 }],
     }
 }
