@@ -20,7 +20,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use stride_distill::file::parameterization_name;
 use stride_distill::{
-    distill, teacher, Aggregate, Compute, Config, Distance, Method, Progress, Provenance, RowDenoiser,
+    distill_counts, teacher, Aggregate, Compute, Config, Distance, Method, Progress, Provenance, RowDenoiser,
     SampleSchedule, ScheduleFile, Student,
 };
 use stride_models::{StableDiffusion, TinyShapes, Variant};
@@ -230,7 +230,8 @@ struct RecordSchedule {
     /// As k-diffusion sigmas; a leading infinity (flow models) is written as null.
     sigmas: Vec<Option<f64>>,
     cost: f64,
-    /// This sample's share of its block's denoiser evaluations and seconds.
+    /// This sample's share of its block's denoiser evaluations and seconds for the solver (one
+    /// search serves all of a solver's step counts).
     evaluations: f64,
     seconds: f64,
 }
@@ -435,11 +436,15 @@ fn run_job(args: JobArgs) -> Result<()> {
                 schedules: Vec::new(),
             })
             .collect();
-        for config in &configs {
-            bar.set_message(format!("{} {} steps", config.student.kind.name(), config.steps));
+        // One search per solver serves all its step counts (see `distill_counts`).
+        for solver in &manifest.solvers {
+            let group: Vec<&Config> =
+                configs.iter().filter(|c| c.student.kind.name() == solver.as_str()).collect();
+            let counts: Vec<usize> = group.iter().map(|c| c.steps).collect();
+            bar.set_message(format!("{solver}, {counts:?} steps"));
             let start = std::time::Instant::now();
             rows.evaluations.set(0);
-            let distilled = distill(&rows, &noise, config, |p| {
+            let distilled = distill_counts(&rows, &noise, group[0], &counts, |p| {
                 if let Progress::Sample { .. } = p {
                     bar.inc(1);
                 }
@@ -447,16 +452,18 @@ fn run_job(args: JobArgs) -> Result<()> {
             let share = 1.0 / seeds.len() as f64;
             let (evaluations, seconds) =
                 (rows.evaluations.get() as f64 * share, start.elapsed().as_secs_f64() * share);
-            for (record, schedule) in records.iter_mut().zip(distilled.samples) {
-                record.schedules.push(RecordSchedule {
-                    solver: config.student.kind.name().into(),
-                    nfe: config.steps,
-                    indices: schedule.indices,
-                    sigmas: schedule.sigmas.iter().map(|s| s.is_finite().then_some(*s)).collect(),
-                    cost: schedule.cost,
-                    evaluations,
-                    seconds,
-                });
+            for (distilled, &nfe) in distilled.into_iter().zip(&counts) {
+                for (record, schedule) in records.iter_mut().zip(distilled.samples) {
+                    record.schedules.push(RecordSchedule {
+                        solver: solver.clone(),
+                        nfe,
+                        indices: schedule.indices,
+                        sigmas: schedule.sigmas.iter().map(|s| s.is_finite().then_some(*s)).collect(),
+                        cost: schedule.cost,
+                        evaluations,
+                        seconds,
+                    });
+                }
             }
         }
         append_records(&records_path, &records)?;
@@ -635,6 +642,7 @@ fn write_schedules(out: &Path, manifest: &Manifest) -> Result<()> {
             model_evaluations: spent.iter().map(|s| s.0).sum::<f64>() / n,
             seconds: spent.iter().map(|s| s.1).sum::<f64>() / n,
             device: manifest.device.clone(),
+            shared_by: manifest.nfe.clone(),
         });
         let path = out.join(format!("{solver}-{}.json", config.steps));
         file.write(&path)?;

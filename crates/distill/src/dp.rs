@@ -38,11 +38,22 @@ fn check(n: usize, steps: usize) -> Result<(), DistillError> {
 /// last step must land on 0, and every earlier one must leave a distinct index for each
 /// remaining step.
 pub fn targets(steps: usize, level: usize, from: usize) -> Range<usize> {
-    let remaining = steps - level - 1;
-    if remaining == 0 {
-        0..from.min(1)
-    } else {
-        remaining..from.max(remaining)
+    targets_for(&[steps], level, from)
+}
+
+/// [`targets`] for a search of several step counts at once (`counts` ascending): a landing is
+/// allowed if it is allowed for some count. With no count ending at this level, that is from
+/// the nearest longer count's bound; with one, 0 as well (the range then also covers the few
+/// indices in between, which no count can use but which cost nothing but their evaluation).
+pub fn targets_for(counts: &[usize], level: usize, from: usize) -> Range<usize> {
+    let ends_here = counts.contains(&(level + 1));
+    match counts.iter().find(|&&k| k > level + 1) {
+        None if ends_here => 0..from.min(1),
+        None => 0..0,
+        Some(&longer) => {
+            let lower = if ends_here { 0 } else { longer - level - 1 };
+            lower..from.max(lower)
+        }
     }
 }
 
@@ -66,7 +77,8 @@ fn improve(slot: &mut Best, cost: f64, parent: usize) {
 #[derive(Debug)]
 pub struct OssSearch<S> {
     n: usize,
-    steps: usize,
+    /// The step counts searched (ascending): each one's path ends at index 0 of its last level.
+    counts: Vec<usize>,
     /// The states kept at the last committed level (the root before the first), by index.
     frontier: Vec<(usize, S)>,
     /// Per committed level, per landing index: the best landing's cost and parent.
@@ -78,17 +90,38 @@ pub struct OssSearch<S> {
 impl<S> OssSearch<S> {
     /// A search of `steps` steps over a grid of `n` steps, starting from `root` at index `n`.
     pub fn new(n: usize, steps: usize, root: S) -> Result<Self, DistillError> {
-        check(n, steps)?;
-        Ok(Self { n, steps, frontier: vec![(n, root)], levels: Vec::new(), offers: vec![None; n + 1] })
+        Self::for_counts(n, &[steps], root)
     }
 
-    /// The step being searched (0-based); equals `steps` when done.
+    /// One search for several step counts: the best landing per (level, index) does not
+    /// depend on how many steps follow, so the count-K path is the one that reaches index 0 at
+    /// level K - 1. Each count's path equals its own search's, provided the student's update
+    /// at a level does not depend on the count (see `distill_counts`).
+    pub fn for_counts(n: usize, counts: &[usize], root: S) -> Result<Self, DistillError> {
+        let mut counts = counts.to_vec();
+        counts.sort_unstable();
+        counts.dedup();
+        if counts.is_empty() {
+            return Err(DistillError::Config("no step count to search".into()));
+        }
+        for &steps in &counts {
+            check(n, steps)?;
+        }
+        Ok(Self { n, counts, frontier: vec![(n, root)], levels: Vec::new(), offers: vec![None; n + 1] })
+    }
+
+    /// The most steps searched.
+    fn steps(&self) -> usize {
+        self.counts[self.counts.len() - 1]
+    }
+
+    /// The step being searched (0-based); equals the largest count when done.
     pub fn level(&self) -> usize {
         self.levels.len()
     }
 
     pub fn is_done(&self) -> bool {
-        self.level() == self.steps
+        self.level() == self.steps()
     }
 
     /// The states the current step starts from, noisiest first.
@@ -98,7 +131,7 @@ impl<S> OssSearch<S> {
 
     /// Where the current step may land from index `from`.
     pub fn targets(&self, from: usize) -> Range<usize> {
-        targets(self.steps, self.level(), from)
+        targets_for(&self.counts, self.level(), from)
     }
 
     /// The cost of landing at `to` by one step from the frontier state at `from`.
@@ -127,21 +160,30 @@ impl<S> OssSearch<S> {
     }
 
     /// The best path once every level is committed: the landing at 0 of the last step and its
-    /// ancestors.
+    /// ancestors (a search of one count).
     pub fn finish(self) -> Result<Path, DistillError> {
-        let no_path = DistillError::NoPath { n: self.n, steps: self.steps };
-        if !self.is_done() {
+        let steps = self.steps();
+        self.path(steps)
+    }
+
+    /// The best path of every count, in ascending count order.
+    pub fn finish_all(self) -> Result<Vec<Path>, DistillError> {
+        self.counts.iter().map(|&steps| self.path(steps)).collect()
+    }
+
+    fn path(&self, steps: usize) -> Result<Path, DistillError> {
+        let no_path = || DistillError::NoPath { n: self.n, steps };
+        if self.level() < steps {
             return Err(DistillError::Config(format!(
-                "the search was finished after {} of {} steps",
-                self.level(),
-                self.steps
+                "the search was finished after {} of {steps} steps",
+                self.level()
             )));
         }
-        let Some((cost, _)) = self.levels[self.steps - 1][0] else { return Err(no_path) };
+        let Some((cost, _)) = self.levels[steps - 1][0] else { return Err(no_path()) };
         let mut indices = vec![0];
-        for level in self.levels.iter().rev() {
+        for level in self.levels[..steps].iter().rev() {
             let here = indices[indices.len() - 1];
-            let (_, parent) = level[here].ok_or(DistillError::NoPath { n: self.n, steps: self.steps })?;
+            let (_, parent) = level[here].ok_or_else(no_path)?;
             indices.push(parent);
         }
         indices.reverse();

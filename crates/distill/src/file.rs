@@ -44,6 +44,9 @@ pub struct Compute {
     pub seconds: f64,
     /// Where it ran (e.g. `cpu`).
     pub device: String,
+    /// The NFEs whose schedules one search produced together (the cost above is theirs, once).
+    #[serde(default)]
+    pub shared_by: Vec<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

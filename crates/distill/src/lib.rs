@@ -55,5 +55,5 @@ pub use dp::{oss_search, shortest_path, OssSearch, Path};
 pub use error::DistillError;
 pub use file::{Compute, Intended, Provenance, ScheduleFile};
 pub use model::{RowDenoiser, Shared};
-pub use search::{distill, fidelity, Config, Distilled, Method, Progress, SampleSchedule};
+pub use search::{distill, distill_counts, fidelity, Config, Distilled, Method, Progress, SampleSchedule};
 pub use student::{Distance, Student};

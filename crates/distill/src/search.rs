@@ -120,8 +120,24 @@ pub fn distill(
     model: &dyn RowDenoiser,
     noise: &Tensor,
     config: &Config,
-    mut progress: impl FnMut(Progress),
+    progress: impl FnMut(Progress),
 ) -> Result<Distilled, DistillError> {
+    let mut all = distill_counts(model, noise, config, &[config.steps], progress)?;
+    Ok(all.remove(0))
+}
+
+/// [`distill`] for several step counts at once (`config.steps` is ignored), one result per
+/// count in the order given. The teacher runs once; the OSS searches of counts whose student
+/// takes the same update at every level share one search (the best landing per level and
+/// index does not depend on how many steps follow), which costs the largest count's K N
+/// evaluations instead of the sum; the exact mode shares the local costs.
+pub fn distill_counts(
+    model: &dyn RowDenoiser,
+    noise: &Tensor,
+    config: &Config,
+    counts: &[usize],
+    mut progress: impl FnMut(Progress),
+) -> Result<Vec<Distilled>, DistillError> {
     let total = noise.dim(0)?;
     if noise.rank() < 2 || total == 0 {
         return Err(DistillError::Config(format!(
@@ -129,27 +145,69 @@ pub fn distill(
             noise.dims()
         )));
     }
-    let search = Search::new(model, config, noise.dims()[1..].to_vec())?;
-    let x_start = noise.affine(search.family.sigma(config.grid.first()), 0.0)?;
-    let mut samples = Vec::with_capacity(total);
+    if counts.is_empty() {
+        return Err(DistillError::Config("no step count to distill".into()));
+    }
+    let student = Student::new(config.student)?;
+    let searches = groups(&student, counts)
+        .into_iter()
+        .map(|group| Search::new(model, config, group, noise.dims()[1..].to_vec()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let family = model.schedule().family();
+    let x_start = noise.affine(family.sigma(config.grid.first()), 0.0)?;
+    let mut samples: Vec<Vec<SampleSchedule>> = vec![Vec::with_capacity(total); counts.len()];
     let mut finals = Vec::with_capacity(total);
     for first in (0..total).step_by(config.batch.max(1)) {
         let rows: Vec<usize> = (first..total.min(first + config.batch.max(1))).collect();
         progress(Progress::Teacher { first, count: rows.len(), total });
         let x = x_start.narrow(0, first, rows.len())?;
         let trajectories = teacher::run(model, &config.teacher, &config.grid, &x, &rows)?;
-        let paths = match config.method {
-            Method::Oss => search.oss(model, &trajectories, &rows)?,
-            Method::Exact => search.exact(model, &trajectories, &rows)?,
-        };
-        for ((path, trajectory), &index) in paths.into_iter().zip(&trajectories).zip(&rows) {
-            finals.push(trajectory.states.get(0)?.reshape(search.dims.as_slice())?);
-            let sigmas = path.indices.iter().map(|&j| search.sigma[j]).collect();
-            samples.push(SampleSchedule { indices: path.indices, sigmas, cost: path.cost });
-            progress(Progress::Sample { index, total, schedule: &samples[samples.len() - 1] });
+        for trajectory in &trajectories {
+            finals.push(trajectory.states.get(0)?.reshape(searches[0].dims.as_slice())?);
+        }
+        for search in &searches {
+            let paths = match config.method {
+                Method::Oss => search.oss(model, &trajectories, &rows)?,
+                Method::Exact => search.exact(model, &trajectories, &rows)?,
+            };
+            for (per_count, &index) in paths.into_iter().zip(&rows) {
+                for (path, &steps) in per_count.into_iter().zip(&search.counts) {
+                    let k = counts.iter().position(|&c| c == steps).expect("a searched count");
+                    let sigmas = path.indices.iter().map(|&j| search.sigma[j]).collect();
+                    samples[k].push(SampleSchedule { indices: path.indices, sigmas, cost: path.cost });
+                    progress(Progress::Sample { index, total, schedule: &samples[k][samples[k].len() - 1] });
+                }
+            }
         }
     }
-    Ok(Distilled { grid: config.grid.clone(), samples, teacher_finals: Tensor::stack(&finals, 0)? })
+    let teacher_finals = Tensor::stack(&finals, 0)?;
+    Ok(samples
+        .into_iter()
+        .map(|samples| Distilled {
+            grid: config.grid.clone(),
+            samples,
+            teacher_finals: teacher_finals.clone(),
+        })
+        .collect())
+}
+
+/// Splits step counts into groups one search can serve: every non-final step of each count
+/// has the order it has in the group's longest count. (The final step lands on sigma 0, where
+/// every order returns the x0 prediction.) Euler and 2M always share; 3M splits where
+/// `lower_order_final` changes its second-to-last step.
+fn groups(student: &Student, counts: &[usize]) -> Vec<Vec<usize>> {
+    let mut left: Vec<usize> = counts.to_vec();
+    left.sort_unstable();
+    left.dedup();
+    let mut groups = Vec::new();
+    while let Some(&longest) = left.last() {
+        let (group, rest): (Vec<usize>, Vec<usize>) = left.iter().partition(|&&k| {
+            (0..k.saturating_sub(1)).all(|l| student.step_order(l, k) == student.step_order(l, longest))
+        });
+        groups.push(group);
+        left = rest;
+    }
+    groups
 }
 
 /// Per sample, the mean squared distance between `student` run over `sigmas` from `noise` and
@@ -189,12 +247,18 @@ struct Search {
     dims: Vec<usize>,
     student: Student,
     distance: Distance,
-    steps: usize,
+    /// The step counts this search serves (ascending; see [`groups`]).
+    counts: Vec<usize>,
     max_rows: usize,
 }
 
 impl Search {
-    fn new(model: &dyn RowDenoiser, config: &Config, dims: Vec<usize>) -> Result<Self, DistillError> {
+    fn new(
+        model: &dyn RowDenoiser,
+        config: &Config,
+        counts: Vec<usize>,
+        dims: Vec<usize>,
+    ) -> Result<Self, DistillError> {
         let student = Student::new(config.student)?;
         if config.method == Method::Exact && student.order() > 1 {
             // Measured on the Gaussian mixture: local costs between the teacher's own states
@@ -209,11 +273,15 @@ impl Search {
         let mut sigma = config.grid.as_slice().to_vec();
         sigma.reverse();
         let n = config.grid.steps();
-        if config.steps == 0 || config.steps > n || sigma[0] != 0.0 {
+        if let Some(&bad) = counts.iter().find(|&&k| k == 0 || k > n) {
             return Err(DistillError::Config(format!(
-                "{} steps on a teacher grid of {n} steps ending at sigma {}: need 1 <= steps <= {n} \
-                 and a grid ending at 0",
-                config.steps, sigma[0]
+                "{bad} steps on a teacher grid of {n} steps: need 1 <= steps <= {n}"
+            )));
+        }
+        if sigma[0] != 0.0 {
+            return Err(DistillError::Config(format!(
+                "the teacher grid must end at sigma 0, not {}",
+                sigma[0]
             )));
         }
         Ok(Self {
@@ -222,7 +290,7 @@ impl Search {
             dims,
             student,
             distance: config.distance,
-            steps: config.steps,
+            counts,
             max_rows: config.max_rows,
         })
     }
@@ -311,22 +379,25 @@ impl Search {
         Ok(Tensor::stack(&flat, 0)?)
     }
 
-    /// The OSS search for a batch of samples, level by level.
+    /// The OSS search for a batch of samples, level by level: per sample, a path per count.
     fn oss(
         &self,
         model: &dyn RowDenoiser,
         trajectories: &[Trajectory],
         rows: &[usize],
-    ) -> Result<Vec<Path>, DistillError> {
+    ) -> Result<Vec<Vec<Path>>, DistillError> {
         let n = self.sigma.len() - 1;
+        let steps = self.counts[self.counts.len() - 1];
         let mut searches = trajectories
             .iter()
-            .map(|t| OssSearch::new(n, self.steps, Node { x: t.states.get(n)?, history: Vec::new() }))
+            .map(|t| {
+                OssSearch::for_counts(n, &self.counts, Node { x: t.states.get(n)?, history: Vec::new() })
+            })
             .collect::<Result<Vec<_>, DistillError>>()?;
         let mut cache = CoefficientCache::new();
-        for level in 0..self.steps {
+        for level in 0..steps {
             let predictions = self.predict_frontiers(model, &searches, rows)?;
-            let order = self.student.step_order(level, self.steps);
+            let order = self.student.step_order(level, steps);
             for (((search, trajectory), m0), &sample) in
                 searches.iter_mut().zip(trajectories).zip(predictions).zip(rows)
             {
@@ -336,7 +407,7 @@ impl Search {
             // A level's keys are not needed again (landing ranges shrink level by level).
             cache.clear();
         }
-        searches.into_iter().map(OssSearch::finish).collect()
+        searches.into_iter().map(OssSearch::finish_all).collect()
     }
 
     /// Evaluates the model at every frontier state of every search (batched across samples);
@@ -437,7 +508,7 @@ impl Search {
         model: &dyn RowDenoiser,
         trajectories: &[Trajectory],
         rows: &[usize],
-    ) -> Result<Vec<Path>, DistillError> {
+    ) -> Result<Vec<Vec<Path>>, DistillError> {
         let n = self.sigma.len() - 1;
         let mut tables = vec![vec![Vec::new(); n + 1]; trajectories.len()];
         let mut cache = CoefficientCache::new();
@@ -448,7 +519,10 @@ impl Search {
                 table[i] = self.landing_costs(model, sample, t, step, (i, 0..i), 1, &mut cache)?;
             }
         }
-        tables.iter().map(|t| dp::shortest_path(n, self.steps, |i, j| t[i][j])).collect()
+        tables
+            .iter()
+            .map(|t| self.counts.iter().map(|&k| dp::shortest_path(n, k, |i, j| t[i][j])).collect())
+            .collect()
     }
 }
 

@@ -3,7 +3,9 @@
 //! teacher better than the uniform and Karras schedules on held-out noise.
 
 use candle_core::{DType, Device, Tensor};
-use stride_distill::{aggregate, distill, fidelity, Aggregate, Config, Distance, Method, Shared};
+use stride_distill::{
+    aggregate, distill, distill_counts, fidelity, Aggregate, Config, Distance, Method, Shared,
+};
 use stride_models::GaussianMixture;
 use stride_solvers::{
     Denoiser, DiscreteSchedule, NoiseSchedule, NoiseSource, Parameterization, Sampler, SamplerKind,
@@ -165,4 +167,34 @@ fn unsupported_students_are_refused_clearly() {
     assert!(err.to_string().contains("with the OSS search"), "{err}");
     let err = distill(&Shared(&model), &noise, &config(&model, SamplerKind::Euler, 201), |_| {}).unwrap_err();
     assert!(err.to_string().contains("201 steps"), "{err}");
+}
+
+/// One search for several step counts finds, per sample, the same schedule as a separate search
+/// for each count (the best landing per level and index does not depend on the steps that
+/// follow), for every student and both modes. Exact equality: the mixture's rows do not
+/// depend on what else is in a batch.
+#[test]
+fn one_search_for_several_counts_equals_separate_searches() {
+    let model = model();
+    let counts = [3, 5, 8, 15, 17];
+    let calibration = noise(3, 4);
+    for (kind, method) in [
+        (SamplerKind::Euler, Method::Oss),
+        (SamplerKind::Dpmpp2m, Method::Oss),
+        (SamplerKind::Dpmpp3m, Method::Oss),
+        (SamplerKind::Euler, Method::Exact),
+    ] {
+        let mut config = config(&model, kind, 1);
+        config.grid = stride_distill::teacher::default_grid(model.schedule(), 24).unwrap();
+        config.method = method;
+        let shared = distill_counts(&Shared(&model), &calibration, &config, &counts, |_| {}).unwrap();
+        for (&steps, together) in counts.iter().zip(&shared) {
+            config.steps = steps;
+            let alone = distill(&Shared(&model), &calibration, &config, |_| {}).unwrap();
+            for (a, b) in together.samples.iter().zip(&alone.samples) {
+                assert_eq!(a.indices, b.indices, "{kind:?} {method:?} {steps} steps");
+                assert_eq!(a.cost, b.cost, "{kind:?} {method:?} {steps} steps");
+            }
+        }
+    }
 }
