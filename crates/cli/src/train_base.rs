@@ -99,6 +99,14 @@ pub fn run(args: Args) -> Result<()> {
         if last_save.elapsed() >= every || trainer.step == total {
             trainer.save_checkpoint(&args.out)?;
             last_save = Instant::now();
+            if bar.is_hidden() && !args.quiet {
+                // Not a terminal (a batch job's log): a line per checkpoint instead of the bar.
+                eprintln!(
+                    "step {}/{total}, loss {s:.4}, {:.2} steps/s, checkpoint written",
+                    trainer.step,
+                    bar.per_sec()
+                );
+            }
         }
     }
     bar.finish();

@@ -22,7 +22,8 @@ fn write_config(dir: &Path) -> PathBuf {
     let path = dir.join("train.json");
     let config = serde_json::json!({
         "model": {"vocab_size": 38, "max_tokens": 32, "text_dim": 32, "text_layers": 1, "text_heads": 2,
-                  "dim": 32, "depth": 1, "heads": 2, "patch": 4, "image_size": 32, "channels": 3, "mlp_ratio": 2},
+                  "dim": 32, "depth": 1, "heads": 2, "patch": 4, "image_size": 32, "channels": 3, "mlp_ratio": 2,
+                      "arch": "unet", "levels": [8]},
         "steps": STEPS, "batch_size": 4, "lr": 1e-3, "warmup": 10, "weight_decay": 0.01,
         "ema_decay": 0.99, "cfg_dropout": 0.1, "seed": 3
     });

@@ -1,10 +1,12 @@
 //! Profiles a tiny-shapes training step and the ops it is made of.
 //! `cargo run --release -p stride-models --example profile_tiny -- [ops|step] [patch dim depth heads batch]`
+//! `cargo run --release -p stride-models --example profile_tiny -- unet [patch level,level.. dim depth heads batch]`
 
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{VarBuilder, VarMap};
+use stride_models::tiny_shapes::net::Arch;
 use stride_models::tiny_shapes::train::{TrainConfig, Trainer};
 use stride_models::tiny_shapes::Config;
 
@@ -23,7 +25,7 @@ fn fwd_bwd(label: &str, x: &Var, f: impl Fn(&Tensor) -> candle_core::Result<Tens
     time(&format!("{label} fwd"), 3, || f(x.as_tensor()).unwrap());
     time(&format!("{label} fwd+bwd"), 3, || {
         let y = f(x.as_tensor()).unwrap();
-        y.sqr().unwrap().sum_all().unwrap().backward().unwrap()
+        y.sum_all().unwrap().backward().unwrap()
     });
 }
 
@@ -93,9 +95,18 @@ fn main() -> candle_core::Result<()> {
     let (patch, dim, depth, heads, batch) = (num(1, 4), num(2, 192), num(3, 6), num(4, 4), num(5, 64));
     let n = (32 / patch) * (32 / patch);
     match args.first().map(String::as_str) {
+        Some("unet") => {
+            let levels: Vec<usize> = args.get(2).map_or(vec![64], |l| {
+                l.split(',').map(|c| c.parse().expect("levels: channels separated by commas")).collect()
+            });
+            let (patch, dim, depth, heads, batch) =
+                (num(1, 2), num(3, 128), num(4, 4), num(5, 4), num(6, 64));
+            step(Config { patch, levels, dim, depth, heads, ..Config::default() }, batch)
+        }
+        Some("conv") => conv_ops(num(1, 64), num(2, 32), num(3, 32)),
         Some("ops") => ops(batch, n, dim, heads),
         Some("mm") => matmuls(),
-        _ => step(Config { patch, dim, depth, heads, ..Config::default() }, batch),
+        _ => step(Config { patch, dim, depth, heads, arch: Arch::Dit, ..Config::default() }, batch),
     }
 }
 
@@ -124,5 +135,36 @@ pub fn matmuls() -> candle_core::Result<()> {
     time("sum_keepdim(0) [4096,768]", 5, || x.sum_keepdim(0).unwrap());
     time("add [4096,768]", 5, || (&x + &x).unwrap());
     time("copy [4096,768]", 5, || x.copy().unwrap());
+    Ok(())
+}
+
+/// The pieces of a U-Net residual block at batch `b`, side `side`, `c` channels.
+fn conv_ops(b: usize, side: usize, c: usize) -> candle_core::Result<()> {
+    use stride_models::tiny_shapes::net::ops;
+    let dev = Device::Cpu;
+    let x = Var::from_tensor(&Tensor::randn(0f32, 1., (b, side, side, c), &dev)?)?;
+    let w = Tensor::randn(0f32, 0.05, (c, 9 * c), &dev)?;
+    let cols = Var::from_tensor(&Tensor::randn(0f32, 1., (b * side * side, 9 * c), &dev)?)?;
+    println!("--- conv ops at B={b} side={side} C={c}");
+    fwd_bwd("im2col3x3", &x, ops::im2col3x3);
+    fwd_bwd("matmul cols x W^T", &cols, |x| x.matmul(&w.t()?));
+    let g = Tensor::randn(0f32, 1., (b * side * side, c), &dev)?;
+    let wt = w.t()?.contiguous()?;
+    let gt = g.t()?.contiguous()?;
+    let cols_t = cols.as_tensor().clone();
+    time("mm fwd cols [M,9C] x W^T(strided)", 3, || cols_t.matmul(&w.t().unwrap()).unwrap());
+    time("mm fwd cols [M,9C] x W^T(contig)", 3, || cols_t.matmul(&wt).unwrap());
+    time("mm dcols g [M,C] x W [C,9C]", 3, || g.matmul(&w).unwrap());
+    time("mm dW g^T(strided) x cols", 3, || g.t().unwrap().matmul(&cols_t).unwrap());
+    time("mm dW g^T(contig) x cols", 3, || gt.matmul(&cols_t).unwrap());
+    time("mm dW^T cols^T(strided) x g", 3, || cols_t.t().unwrap().matmul(&g).unwrap());
+    fwd_bwd("silu", &x, |x| x.silu());
+    fwd_bwd("layer_norm", &x, |x| ops::layer_norm(&x.reshape((b, side * side, c))?));
+    fwd_bwd("conv3x3 (im2col + matmul)", &x, |x| {
+        ops::im2col3x3(x)?.reshape((b * side * side, 9 * c))?.matmul(&w.t()?)
+    });
+    let wc = Tensor::randn(0f32, 0.05, (c, c, 3, 3), &dev)?;
+    let xc = Var::from_tensor(&Tensor::randn(0f32, 1., (b, c, side, side), &dev)?)?;
+    fwd_bwd("candle conv2d", &xc, |x| x.conv2d(&wc, 1, 1, 1, 1));
     Ok(())
 }

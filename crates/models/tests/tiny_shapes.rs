@@ -19,6 +19,7 @@ fn tiny_config(steps: u64) -> TrainConfig {
             depth: 1,
             heads: 2,
             patch: 4,
+            levels: vec![8],
             ..Config::default()
         },
         steps,

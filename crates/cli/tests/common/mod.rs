@@ -26,7 +26,8 @@ pub fn model() -> &'static Path {
         let config = root.join("train.json");
         let json = serde_json::json!({
             "model": {"vocab_size": 38, "max_tokens": 32, "text_dim": 32, "text_layers": 1, "text_heads": 2,
-                      "dim": 32, "depth": 1, "heads": 2, "patch": 4, "image_size": 32, "channels": 3, "mlp_ratio": 2},
+                      "dim": 32, "depth": 1, "heads": 2, "patch": 4, "image_size": 32, "channels": 3, "mlp_ratio": 2,
+                      "arch": "unet", "levels": [8]},
             "steps": 2, "batch_size": 2, "lr": 1e-3, "warmup": 1, "weight_decay": 0.01,
             "ema_decay": 0.5, "cfg_dropout": 0.1, "seed": 1
         });

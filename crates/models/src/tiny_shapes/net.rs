@@ -2,7 +2,7 @@
 //! cross-attention, all matmuls (candle's CPU conv2d backward is several times slower than
 //! its forward; its matmul is fast), so it trains on two CPU cores.
 
-mod ops;
+pub mod ops;
 
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{embedding, Embedding, VarBuilder};
@@ -23,6 +23,26 @@ pub struct Config {
     pub image_size: usize,
     pub channels: usize,
     pub mlp_ratio: usize,
+    /// The denoiser's body. Files written before the U-Net existed lack the field: DiT.
+    #[serde(default)]
+    pub arch: Arch,
+    /// U-Net only: channels of the convolutional levels, full resolution first; each level
+    /// halves the resolution, and the transformer blocks (`dim`, `depth`, `heads`) run below
+    /// the last one.
+    #[serde(default)]
+    pub levels: Vec<usize>,
+}
+
+/// The denoiser's body.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    /// Patchified transformer (`patch` x `patch` tokens): every layer a matmul.
+    #[default]
+    Dit,
+    /// Convolutional levels (3x3 convolutions as matmuls) around transformer blocks at the
+    /// lowest resolution: the convolutions give the local bias a patch transformer must learn.
+    Unet,
 }
 
 impl Default for Config {
@@ -36,10 +56,12 @@ impl Default for Config {
             dim: 128,
             depth: 6,
             heads: 2,
-            patch: 4,
+            patch: 2,
             image_size: 32,
             channels: 3,
             mlp_ratio: 4,
+            arch: Arch::Unet,
+            levels: vec![64],
         }
     }
 }
@@ -55,6 +77,13 @@ impl Config {
             ),
             (self.depth > 0 && self.text_layers > 0, "depth and text_layers must be at least 1"),
             (self.vocab_size > 3 && self.max_tokens > 1, "vocab_size and max_tokens are too small"),
+            (
+                self.arch != Arch::Unet
+                    || (!self.levels.is_empty()
+                        && self.levels.iter().all(|&c| c > 0)
+                        && self.image_size.is_multiple_of(self.patch << self.levels.len())),
+                "a unet needs levels (channels > 0) and an image_size divisible by patch * 2^levels",
+            ),
         ];
         match checks.iter().find(|(ok, _)| !ok) {
             Some((_, msg)) => Err(msg.to_string()),
@@ -62,8 +91,12 @@ impl Config {
         }
     }
 
+    /// Tokens the transformer blocks see: patches (DiT) or the lowest U-Net level's pixels.
     fn tokens(&self) -> usize {
-        (self.image_size / self.patch).pow(2)
+        match self.arch {
+            Arch::Dit => (self.image_size / self.patch).pow(2),
+            Arch::Unet => (self.image_size / self.patch >> self.levels.len()).pow(2),
+        }
     }
 }
 
@@ -220,10 +253,9 @@ impl TextEncoder {
                 })
             })
             .collect::<Result<_>>()?;
-        let init = candle_nn::Init::Randn { mean: 0.0, stdev: 0.02 };
         Ok(Self {
             tokens: embedding(c.vocab_size, c.text_dim, vb.pp("tokens"))?,
-            positions: vb.get_with_hints((1, c.max_tokens, c.text_dim), "positions", init)?,
+            positions: vb.get_with_hints((1, c.max_tokens, c.text_dim), "positions", POSITION_INIT)?,
             layers,
             norm: LayerNorm::new(c.text_dim, vb.pp("norm"))?,
         })
@@ -294,46 +326,28 @@ fn timestep_embedding(t: &Tensor, dim: usize) -> Result<Tensor> {
     Tensor::cat(&[args.cos()?, args.sin()?], 1)
 }
 
-/// The denoiser: patchify, add positions, DiT blocks conditioned on time and pooled text
-/// (adaLN) and on the text tokens (cross-attention), unpatchify to a flow velocity.
-pub struct Net {
-    pub config: Config,
-    pub text: TextEncoder,
+/// The DiT body: patchify, add positions, blocks, adaLN-modulated unpatchify.
+struct Dit {
     patch_in: Linear,
     positions: Tensor,
-    time1: Linear,
-    time2: Linear,
-    pooled: Linear,
     blocks: Vec<Block>,
     final_modulation: Linear,
     patch_out: Linear,
 }
 
-impl Net {
-    pub fn new(config: &Config, vb: VarBuilder) -> Result<Self> {
-        let c = config;
+impl Dit {
+    fn new(c: &Config, vb: VarBuilder) -> Result<Self> {
         let patch_dim = c.channels * c.patch * c.patch;
-        let init = candle_nn::Init::Randn { mean: 0.0, stdev: 0.02 };
         Ok(Self {
-            config: c.clone(),
-            text: TextEncoder::new(c, vb.pp("text"))?,
             patch_in: linear(patch_dim, c.dim, vb.pp("patch_in"))?,
-            positions: vb.get_with_hints((1, c.tokens(), c.dim), "positions", init)?,
-            time1: linear(c.dim, c.dim, vb.pp("time1"))?,
-            time2: linear(c.dim, c.dim, vb.pp("time2"))?,
-            pooled: linear(c.text_dim, c.dim, vb.pp("pooled"))?,
-            blocks: (0..c.depth)
-                .map(|i| Block::new(c, vb.pp(format!("blocks.{i}"))))
-                .collect::<Result<_>>()?,
+            positions: vb.get_with_hints((1, c.tokens(), c.dim), "positions", POSITION_INIT)?,
+            blocks: blocks(c, &vb)?,
             final_modulation: zero_linear(c.dim, 2 * c.dim, vb.pp("final_modulation"))?,
             patch_out: zero_linear(c.dim, patch_dim, vb.pp("patch_out"))?,
         })
     }
 
-    /// Flow velocity for images `x` `[B, C, H, W]` at flow times `t` `[B]` given text
-    /// features `[B, L, text_dim]` and their mask `[B, L]`.
-    pub fn forward(&self, x: &Tensor, t: &Tensor, text: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let c = &self.config;
+    fn forward(&self, c: &Config, x: &Tensor, cond: &Tensor, text: &Tensor, bias: &Tensor) -> Result<Tensor> {
         let (b, ch, hgt, wid) = x.dims4()?;
         let (gh, gw, p) = (hgt / c.patch, wid / c.patch, c.patch);
         // [B, C, gh, p, gw, p] -> [B, gh, gw, C, p, p] -> [B, N, C p p]
@@ -343,22 +357,199 @@ impl Net {
             ch * p * p,
         ))?;
         let mut h = self.patch_in.forward(&patches)?.broadcast_add(&self.positions)?;
-        let maskf = mask.to_dtype(DType::F32)?;
-        let pooled =
-            text.broadcast_mul(&maskf.unsqueeze(2)?)?.sum(1)?.broadcast_div(&maskf.sum_keepdim(1)?)?;
-        let temb = self.time2.forward(&self.time1.forward(&timestep_embedding(t, c.dim)?)?.silu()?)?;
-        // silu(cond) feeds every adaLN modulation; computed once.
-        let cond = (temb + self.pooled.forward(&pooled)?)?.silu()?;
-        let bias = key_bias(mask)?;
         for block in &self.blocks {
-            h = block.forward(&h, &cond, text, &bias)?;
+            h = block.forward(&h, cond, text, bias)?;
         }
-        let m = self.final_modulation.forward(&cond)?.chunk(2, D::Minus1)?;
+        let m = self.final_modulation.forward(cond)?.chunk(2, D::Minus1)?;
         let h = ops::ln_modulate(&h, &m[0], &m[1])?;
         self.patch_out
             .forward(&h)?
             .reshape((b, gh, gw, ch, p, p))?
             .permute((0, 3, 1, 4, 2, 5))?
             .reshape((b, ch, hgt, wid))
+    }
+}
+
+/// A residual block on NHWC features: twice a layer norm over channels modulated by the
+/// time/text condition (adaLN), SiLU and a 3x3 convolution, the second zero-initialised (so
+/// the block starts as its skip path).
+struct ResBlock {
+    modulation: Linear,
+    conv1: Linear,
+    conv2: Linear,
+    skip: Option<Linear>,
+    cin: usize,
+    cout: usize,
+}
+
+impl ResBlock {
+    fn new(cin: usize, cout: usize, cond_dim: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            modulation: zero_linear(cond_dim, 2 * (cin + cout), vb.pp("modulation"))?,
+            conv1: linear(9 * cin, cout, vb.pp("conv1"))?,
+            conv2: zero_linear(9 * cout, cout, vb.pp("conv2"))?,
+            skip: if cin == cout { None } else { Some(linear(cin, cout, vb.pp("skip"))?) },
+            cin,
+            cout,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, cond: &Tensor) -> Result<Tensor> {
+        let (b, h, w, _) = x.dims4()?;
+        let (cin, cout) = (self.cin, self.cout);
+        let m = self.modulation.forward(cond)?;
+        let part = |start: usize, len: usize| m.narrow(1, start, len);
+        let (shift1, scale1) = (part(0, cin)?, part(cin, cin)?);
+        let (shift2, scale2) = (part(2 * cin, cout)?, part(2 * cin + cout, cout)?);
+        let y = ops::silu(&ops::ln_modulate(&x.reshape((b, h * w, cin))?, &shift1, &scale1)?)?;
+        let y = self.conv1.forward(&ops::im2col3x3(&y.reshape((b, h, w, cin))?)?)?;
+        let y = ops::silu(&ops::ln_modulate(&y.reshape((b, h * w, cout))?, &shift2, &scale2)?)?;
+        let y = self.conv2.forward(&ops::im2col3x3(&y.reshape((b, h, w, cout))?)?)?;
+        match &self.skip {
+            Some(skip) => skip.forward(x)? + y,
+            None => x + y,
+        }
+    }
+}
+
+/// `[B, H, W, C]` -> `[B, H/p, W/p, p p C]`: each p x p neighbourhood as one pixel.
+fn space_to_depth(x: &Tensor, p: usize) -> Result<Tensor> {
+    let (b, h, w, c) = x.dims4()?;
+    x.reshape((b, h / p, p, w / p, p, c))?.permute((0, 1, 3, 2, 4, 5))?.reshape((b, h / p, w / p, p * p * c))
+}
+
+/// The inverse of [`space_to_depth`].
+fn depth_to_space(x: &Tensor, p: usize) -> Result<Tensor> {
+    let (b, h, w, cpp) = x.dims4()?;
+    let c = cpp / (p * p);
+    x.reshape((b, h, w, p, p, c))?.permute((0, 1, 3, 2, 4, 5))?.reshape((b, p * h, p * w, c))
+}
+
+/// The U-Net body, NHWC throughout: `patch` x `patch` pixels in, per level a residual block
+/// (3x3 convolutions) and a 2x2 space-to-depth projection down, transformer blocks (self- and
+/// cross-attention) at the lowest resolution, then per level a projection up, the skip
+/// concatenated and a residual block; a modulated norm and a zero-initialised projection out.
+struct Unet {
+    patch_in: Linear,
+    encoder: Vec<ResBlock>,
+    down: Vec<Linear>,
+    positions: Tensor,
+    blocks: Vec<Block>,
+    up: Vec<Linear>,
+    decoder: Vec<ResBlock>,
+    out_modulation: Linear,
+    patch_out: Linear,
+}
+
+impl Unet {
+    fn new(c: &Config, vb: VarBuilder) -> Result<Self> {
+        let widths: Vec<usize> = c.levels.iter().copied().chain([c.dim]).collect();
+        let levels = c.levels.len();
+        let patch_dim = c.channels * c.patch * c.patch;
+        let per_level = |name: &str, f: &dyn Fn(usize, VarBuilder) -> Result<ResBlock>| {
+            (0..levels).map(|i| f(i, vb.pp(format!("{name}.{i}")))).collect::<Result<Vec<_>>>()
+        };
+        let projections = |name: &str, f: &dyn Fn(usize) -> (usize, usize)| {
+            (0..levels)
+                .map(|i| {
+                    let (i_dim, o_dim) = f(i);
+                    linear(i_dim, o_dim, vb.pp(format!("{name}.{i}")))
+                })
+                .collect::<Result<Vec<_>>>()
+        };
+        Ok(Self {
+            patch_in: linear(patch_dim, widths[0], vb.pp("patch_in"))?,
+            encoder: per_level("encoder", &|i, vb| ResBlock::new(widths[i], widths[i], c.dim, vb))?,
+            down: projections("down", &|i| (4 * widths[i], widths[i + 1]))?,
+            positions: vb.get_with_hints((1, c.tokens(), c.dim), "positions", POSITION_INIT)?,
+            blocks: blocks(c, &vb)?,
+            up: projections("up", &|i| (widths[i + 1], 4 * widths[i]))?,
+            decoder: per_level("decoder", &|i, vb| ResBlock::new(2 * widths[i], widths[i], c.dim, vb))?,
+            out_modulation: zero_linear(c.dim, 2 * widths[0], vb.pp("out_modulation"))?,
+            patch_out: zero_linear(widths[0], patch_dim, vb.pp("patch_out"))?,
+        })
+    }
+
+    fn forward(&self, c: &Config, x: &Tensor, cond: &Tensor, text: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        let b = x.dim(0)?;
+        let x = x.permute((0, 2, 3, 1))?.contiguous()?;
+        let mut h = self.patch_in.forward(&space_to_depth(&x, c.patch)?)?;
+        let mut skips = Vec::with_capacity(self.encoder.len());
+        for (block, down) in self.encoder.iter().zip(&self.down) {
+            h = block.forward(&h, cond)?;
+            skips.push(h.clone());
+            h = down.forward(&space_to_depth(&h, 2)?)?;
+        }
+        let (_, gh, gw, _) = h.dims4()?;
+        let mut tokens = h.reshape((b, gh * gw, c.dim))?.broadcast_add(&self.positions)?;
+        for block in &self.blocks {
+            tokens = block.forward(&tokens, cond, text, bias)?;
+        }
+        let mut h = tokens.reshape((b, gh, gw, c.dim))?;
+        for ((up, block), skip) in self.up.iter().zip(&self.decoder).zip(&skips).rev() {
+            h = depth_to_space(&up.forward(&h)?, 2)?;
+            h = block.forward(&Tensor::cat(&[&h, skip], 3)?, cond)?;
+        }
+        let (_, ph, pw, width) = h.dims4()?;
+        let m = self.out_modulation.forward(cond)?.chunk(2, D::Minus1)?;
+        let h = ops::ln_modulate(&h.reshape((b, ph * pw, width))?, &m[0], &m[1])?;
+        let out = self.patch_out.forward(&h.reshape((b, ph, pw, width))?)?;
+        depth_to_space(&out, c.patch)?.permute((0, 3, 1, 2))?.contiguous()
+    }
+}
+
+const POSITION_INIT: candle_nn::Init = candle_nn::Init::Randn { mean: 0.0, stdev: 0.02 };
+
+fn blocks(c: &Config, vb: &VarBuilder) -> Result<Vec<Block>> {
+    (0..c.depth).map(|i| Block::new(c, vb.pp(format!("blocks.{i}")))).collect()
+}
+
+enum Body {
+    Dit(Dit),
+    Unet(Unet),
+}
+
+/// The denoiser: time and pooled-text conditioning shared by its body (DiT or U-Net), whose
+/// transformer blocks also cross-attend to the text tokens; outputs a flow velocity.
+pub struct Net {
+    pub config: Config,
+    pub text: TextEncoder,
+    time1: Linear,
+    time2: Linear,
+    pooled: Linear,
+    body: Body,
+}
+
+impl Net {
+    pub fn new(config: &Config, vb: VarBuilder) -> Result<Self> {
+        let c = config;
+        Ok(Self {
+            config: c.clone(),
+            text: TextEncoder::new(c, vb.pp("text"))?,
+            time1: linear(c.dim, c.dim, vb.pp("time1"))?,
+            time2: linear(c.dim, c.dim, vb.pp("time2"))?,
+            pooled: linear(c.text_dim, c.dim, vb.pp("pooled"))?,
+            body: match c.arch {
+                Arch::Dit => Body::Dit(Dit::new(c, vb)?),
+                Arch::Unet => Body::Unet(Unet::new(c, vb)?),
+            },
+        })
+    }
+
+    /// Flow velocity for images `x` `[B, C, H, W]` at flow times `t` `[B]` given text
+    /// features `[B, L, text_dim]` and their mask `[B, L]`.
+    pub fn forward(&self, x: &Tensor, t: &Tensor, text: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let c = &self.config;
+        let maskf = mask.to_dtype(DType::F32)?;
+        let pooled =
+            text.broadcast_mul(&maskf.unsqueeze(2)?)?.sum(1)?.broadcast_div(&maskf.sum_keepdim(1)?)?;
+        let temb = self.time2.forward(&self.time1.forward(&timestep_embedding(t, c.dim)?)?.silu()?)?;
+        // silu(cond) feeds every modulation; computed once.
+        let cond = (temb + self.pooled.forward(&pooled)?)?.silu()?;
+        let bias = key_bias(mask)?;
+        match &self.body {
+            Body::Dit(dit) => dit.forward(c, x, &cond, text, &bias),
+            Body::Unet(unet) => unet.forward(c, x, &cond, text, &bias),
+        }
     }
 }

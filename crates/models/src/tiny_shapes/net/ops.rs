@@ -1,6 +1,6 @@
 //! Fused CPU kernels, with backward, for the ops candle composes from many single-threaded
-//! passes: layer norm (plain and with the adaLN shift/scale), softmax over the last dimension
-//! and the tanh GELU. A training step spent most of its time in the backward passes of their
+//! passes: layer norm (plain and with the adaLN shift/scale), softmax over the last dimension,
+//! the tanh GELU and SiLU, and the 3x3 neighbourhood gather of a convolution. A training step spent most of its time in the backward passes of their
 //! composed forms. On other devices, or for other dtypes, the composed forms run instead.
 //!
 //! Every kernel works row by row in a fixed order, so results do not depend on the thread
@@ -47,9 +47,17 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
 /// The tanh approximation of GELU, `x * sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3))`.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
     if fused(x) {
-        return x.contiguous()?.apply_op1(Gelu);
+        return x.contiguous()?.apply_op1(Activation::Gelu);
     }
     x.gelu()
+}
+
+/// SiLU, `x * sigmoid(x)`.
+pub fn silu(x: &Tensor) -> Result<Tensor> {
+    if fused(x) {
+        return x.contiguous()?.apply_op1(Activation::Silu);
+    }
+    x.silu()
 }
 
 /// `x + bias` for `x` `[.., C]` and `bias` `[C]` (the bias gradient is a column sum).
@@ -387,19 +395,40 @@ impl CustomOp2 for SoftmaxBwd {
     }
 }
 
-struct Gelu;
-
-/// `sigmoid(2u)` and `du/dx` of the tanh GELU at `x`.
-#[inline]
-fn gelu_parts(x: f32) -> (f32, f32) {
-    let u = GELU_C * (x + GELU_A * x * x * x);
-    let s = 1.0 / (1.0 + (-2.0 * u).exp());
-    (s, GELU_C * (1.0 + 3.0 * GELU_A * x * x))
+/// An elementwise activation with a fused backward.
+#[derive(Clone, Copy)]
+enum Activation {
+    /// The tanh GELU, `x * sigmoid(2 u)`, `u = sqrt(2/pi) (x + 0.044715 x^3)`.
+    Gelu,
+    /// `x * sigmoid(x)`.
+    Silu,
 }
 
-impl CustomOp1 for Gelu {
+impl Activation {
+    /// `f(x)` and `f'(x)`.
+    #[inline]
+    fn value_and_slope(self, x: f32) -> (f32, f32) {
+        match self {
+            Activation::Gelu => {
+                let u = GELU_C * (x + GELU_A * x * x * x);
+                let du = GELU_C * (1.0 + 3.0 * GELU_A * x * x);
+                let s = 1.0 / (1.0 + (-2.0 * u).exp());
+                (x * s, s + 2.0 * x * s * (1.0 - s) * du)
+            }
+            Activation::Silu => {
+                let s = 1.0 / (1.0 + (-x).exp());
+                (x * s, s * (1.0 + x * (1.0 - s)))
+            }
+        }
+    }
+}
+
+impl CustomOp1 for Activation {
     fn name(&self) -> &'static str {
-        "tiny-gelu"
+        match self {
+            Activation::Gelu => "tiny-gelu",
+            Activation::Silu => "tiny-silu",
+        }
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
@@ -407,22 +436,22 @@ impl CustomOp1 for Gelu {
         let mut out = vec![0f32; x.len()];
         par_items(&mut out, 1, |first, out| {
             for (o, v) in out.iter_mut().zip(&x[first..]) {
-                *o = v * gelu_parts(*v).0;
+                *o = self.value_and_slope(*v).0;
             }
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(arg.detach().apply_op2_no_bwd(&grad.contiguous()?, &GeluBwd)?))
+        Ok(Some(arg.detach().apply_op2_no_bwd(&grad.contiguous()?, &ActivationBwd(*self))?))
     }
 }
 
-struct GeluBwd;
+struct ActivationBwd(Activation);
 
-impl CustomOp2 for GeluBwd {
+impl CustomOp2 for ActivationBwd {
     fn name(&self) -> &'static str {
-        "tiny-gelu-bwd"
+        "tiny-activation-bwd"
     }
 
     fn cpu_fwd(
@@ -436,9 +465,7 @@ impl CustomOp2 for GeluBwd {
         let mut out = vec![0f32; x.len()];
         par_items(&mut out, 1, |first, out| {
             for ((o, v), gv) in out.iter_mut().zip(&x[first..]).zip(&g[first..]) {
-                let (s, du) = gelu_parts(*v);
-                // d/dx [x sigmoid(2u)] = s + x s (1 - s) 2 du/dx
-                *o = gv * (s + 2.0 * v * s * (1.0 - s) * du);
+                *o = gv * self.0.value_and_slope(*v).1;
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -627,6 +654,91 @@ fn par_jobs<T: Send>(jobs: &mut [T], work: usize, run: impl Fn(&mut [T]) + Sync)
     });
 }
 
+/// The 3x3 neighbourhoods (zero padded) of an NHWC image `[B, H, W, C]` as `[B, H, W, 9 C]`,
+/// offset-major (`(dy, dx)` row by row, then channel): a 3x3 convolution is then one matmul,
+/// forward and backward (candle's CPU conv2d backward is several times slower than a matmul).
+pub fn im2col3x3(x: &Tensor) -> Result<Tensor> {
+    if fused(x) {
+        return x.contiguous()?.apply_op1(Im2col);
+    }
+    let (_, h, w, _) = x.dims4()?;
+    let padded = x.pad_with_zeros(1, 1, 1)?.pad_with_zeros(2, 1, 1)?;
+    let mut taps = Vec::with_capacity(9);
+    for dy in 0..3 {
+        for dx in 0..3 {
+            taps.push(padded.narrow(1, dy, h)?.narrow(2, dx, w)?);
+        }
+    }
+    Tensor::cat(&taps, 3)
+}
+
+/// Visits every (output row, tap, source row) of a 3x3 NHWC neighbourhood gather:
+/// `f(out_offset, in_offset)` for each in-bounds pair of C-wide slices, one sample at a time.
+fn for_taps(h: usize, w: usize, c: usize, mut f: impl FnMut(usize, usize)) {
+    for y in 0..h {
+        for x in 0..w {
+            for k in 0..9 {
+                let (sy, sx) = (y as isize + k as isize / 3 - 1, x as isize + k as isize % 3 - 1);
+                if sy >= 0 && sx >= 0 && (sy as usize) < h && (sx as usize) < w {
+                    f(((y * w + x) * 9 + k) * c, (sy as usize * w + sx as usize) * c);
+                }
+            }
+        }
+    }
+}
+
+struct Im2col;
+
+impl CustomOp1 for Im2col {
+    fn name(&self) -> &'static str {
+        "tiny-im2col3x3"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous(s, l)?;
+        let (b, h, w, c) = l.shape().dims4()?;
+        let mut out = vec![0f32; b * h * w * 9 * c];
+        par_items(&mut out, h * w * 9 * c, |first, out| {
+            for (i, o) in out.chunks_mut(h * w * 9 * c).enumerate() {
+                let xs = &x[(first + i) * h * w * c..(first + i + 1) * h * w * c];
+                for_taps(h, w, c, |oo, io| o[oo..oo + c].copy_from_slice(&xs[io..io + c]));
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((b, h, w, 9 * c))))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&Col2im)?))
+    }
+}
+
+/// Backward of [`Im2col`]: each input pixel gathers the gradients of the taps that read it.
+struct Col2im;
+
+impl CustomOp1 for Col2im {
+    fn name(&self) -> &'static str {
+        "tiny-col2im3x3"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = contiguous(s, l)?;
+        let (b, h, w, c9) = l.shape().dims4()?;
+        let c = c9 / 9;
+        let mut out = vec![0f32; b * h * w * c];
+        par_items(&mut out, h * w * c, |first, out| {
+            for (i, o) in out.chunks_mut(h * w * c).enumerate() {
+                let gs = &g[(first + i) * h * w * c9..(first + i + 1) * h * w * c9];
+                for_taps(h, w, c, |go, io| {
+                    for (d, v) in o[io..io + c].iter_mut().zip(&gs[go..go + c]) {
+                        *d += v;
+                    }
+                });
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((b, h, w, c))))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -642,7 +754,6 @@ mod tests {
         let x = Var::from_tensor(&Tensor::randn(0f32, 1., (3, 70, 40), &dev)?)?;
         let shift = Var::from_tensor(&Tensor::randn(0f32, 1., (3, 40), &dev)?)?;
         let scale = Var::from_tensor(&Tensor::randn(0f32, 1., (3, 40), &dev)?)?;
-        let w = Tensor::randn(0f32, 1., (3, 70, 40), &dev)?;
         let composed = |x: &Tensor, f: &dyn Fn(&Tensor) -> Result<Tensor>| -> Result<Tensor> { f(x) };
         let cases: Vec<Case<'_>> = vec![
             (
@@ -656,6 +767,7 @@ mod tests {
             ),
             ("softmax", Box::new(softmax), Box::new(|x: &Tensor| candle_nn::ops::softmax(x, D::Minus1))),
             ("gelu", Box::new(gelu), Box::new(|x: &Tensor| x.gelu())),
+            ("silu", Box::new(silu), Box::new(|x: &Tensor| x.silu())),
             (
                 "ln_modulate",
                 Box::new(|x: &Tensor| ln_modulate(x, shift.as_tensor(), scale.as_tensor())),
@@ -673,6 +785,18 @@ mod tests {
                 Box::new(|x: &Tensor| x.broadcast_add(&shift.as_tensor().get(0)?)),
             ),
             (
+                "im2col3x3",
+                Box::new(|x: &Tensor| im2col3x3(&x.reshape((3, 7, 10, 40))?)),
+                Box::new(|x: &Tensor| {
+                    let x = x.reshape((3, 7, 10, 40))?;
+                    let padded = x.pad_with_zeros(1, 1, 1)?.pad_with_zeros(2, 1, 1)?;
+                    let taps = (0..9)
+                        .map(|k| padded.narrow(1, k / 3, 7)?.narrow(2, k % 3, 10))
+                        .collect::<Result<Vec<_>>>()?;
+                    Tensor::cat(&taps, 3)
+                }),
+            ),
+            (
                 "gated_residual",
                 Box::new(|x: &Tensor| gated_residual(&x.sqr()?, x, scale.as_tensor())),
                 Box::new(|x: &Tensor| x.sqr()? + x.broadcast_mul(&scale.as_tensor().unsqueeze(1)?)?),
@@ -684,12 +808,17 @@ mod tests {
         for (name, fast, slow) in &cases {
             let (yf, ys) = (fast(x.as_tensor())?, composed(x.as_tensor(), slow.as_ref())?);
             assert!(max_diff(&yf, &ys)? < 1e-4, "{name} forward");
+            let w = Tensor::randn(0f32, 1., yf.shape(), &dev)?;
             let gf = (yf * &w)?.sum_all()?.backward()?;
             let gs = (ys * &w)?.sum_all()?.backward()?;
             for v in [&x, &shift, &scale] {
-                if let (Some(a), Some(b)) = (gf.get(v.as_tensor()), gs.get(v.as_tensor())) {
-                    let tol = 1e-3 * (1.0 + b.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?);
-                    assert!(max_diff(a, b)? < tol, "{name} backward");
+                match (gf.get(v.as_tensor()), gs.get(v.as_tensor())) {
+                    (Some(a), Some(b)) => {
+                        let tol = 1e-3 * (1.0 + b.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?);
+                        assert!(max_diff(a, b)? < tol, "{name} backward");
+                    }
+                    (None, None) => {}
+                    (a, b) => panic!("{name}: fused gradient {:?}, composed {:?}", a.is_some(), b.is_some()),
                 }
             }
         }
