@@ -9,10 +9,7 @@
 //! other settings is refused.
 
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
@@ -31,6 +28,7 @@ use stride_solvers::{
 
 use crate::device::DeviceArg;
 use crate::schedules::model_hash;
+use crate::work::{Shard, WorkDir};
 
 #[derive(clap::Args)]
 #[command(
@@ -121,25 +119,6 @@ struct JobArgs {
     quiet: bool,
 }
 
-/// `I/N`: this process runs the blocks whose index is I modulo N.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Shard {
-    index: usize,
-    count: usize,
-}
-
-impl FromStr for Shard {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let parsed =
-            s.split_once('/').and_then(|(i, n)| Some((i.trim().parse().ok()?, n.trim().parse().ok()?)));
-        match parsed {
-            Some((index, count)) if count > 0 && index < count => Ok(Self { index, count }),
-            _ => Err(format!("`{s}`: expected I/N with 0 <= I < N, e.g. 0/4 (a Slurm array's $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)")),
-        }
-    }
-}
-
 /// Everything that determines a job's results, pinned in `work/job.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Manifest {
@@ -170,6 +149,10 @@ struct Manifest {
 impl Manifest {
     fn blocks(&self) -> usize {
         self.samples.div_ceil(self.batch)
+    }
+
+    fn block_len(&self, block: usize) -> usize {
+        self.batch.min(self.samples - block * self.batch)
     }
 
     /// Hash of what the schedule was calibrated on: prompts, seeds and guidance.
@@ -220,6 +203,15 @@ struct Record {
     seed: u64,
     prompt: String,
     schedules: Vec<RecordSchedule>,
+}
+
+impl crate::work::Record for Record {
+    fn block(&self) -> usize {
+        self.block
+    }
+    fn item(&self) -> usize {
+        self.sample
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -322,7 +314,7 @@ fn parameterization_named(name: &str) -> Result<Parameterization> {
 pub fn run(args: Args) -> Result<()> {
     match args.command {
         Some(DistillCommand::Merge { out }) => {
-            let manifest = read_manifest(&out)?;
+            let manifest = work(&out).read_manifest::<Manifest>()?;
             write_schedules(&out, &manifest)
         }
         None => run_job(args.job),
@@ -393,13 +385,13 @@ fn run_job(args: JobArgs) -> Result<()> {
         device: args.device.name().into(),
     };
     let configs = manifest.configs()?;
-    pin_manifest(&args.out, &manifest)?;
+    work(&args.out).pin_manifest(&manifest)?;
 
-    let shard = args.shard.unwrap_or(Shard { index: 0, count: 1 });
-    let done = read_records(&args.out)?;
+    let shard = args.shard.unwrap_or(Shard::ALL);
+    let done = read_records(&args.out, &manifest)?;
     let todo: Vec<usize> =
-        (0..manifest.blocks()).filter(|b| b % shard.count == shard.index && !done.contains_key(b)).collect();
-    let block_len = |b: usize| manifest.batch.min(manifest.samples - b * manifest.batch);
+        (0..manifest.blocks()).filter(|&b| shard.owns(b) && !done.contains_key(&b)).collect();
+    let block_len = |b: usize| manifest.block_len(b);
     let units: usize = todo.iter().map(|&b| block_len(b) * configs.len()).sum();
     eprintln!(
         "distilling {} solver x NFE schedules from {} samples ({} blocks of {}; {} done, {} to do in shard {}/{}) into {}",
@@ -417,8 +409,6 @@ fn run_job(args: JobArgs) -> Result<()> {
     bar.set_style(ProgressStyle::with_template(
         "{bar:30} {pos}/{len} sample schedules [{elapsed_precise}<{eta_precise}] {msg}",
     )?);
-    let records_path =
-        args.out.join("work").join(format!("records-{}-of-{}.jsonl", shard.index, shard.count));
     for block in todo {
         let first = block * manifest.batch;
         let seeds: Vec<u64> = (first..first + block_len(block)).map(|i| manifest.seed + i as u64).collect();
@@ -466,12 +456,12 @@ fn run_job(args: JobArgs) -> Result<()> {
                 }
             }
         }
-        append_records(&records_path, &records)?;
+        work(&args.out).append(shard, &records)?;
     }
     bar.finish_and_clear();
-    let done = read_records(&args.out)?;
-    let missing: Vec<usize> = (0..manifest.blocks()).filter(|b| !done.contains_key(b)).collect();
-    if missing.is_empty() {
+    let done = read_records(&args.out, &manifest)?;
+    let missing = (0..manifest.blocks()).filter(|b| !done.contains_key(b)).count();
+    if missing == 0 {
         write_schedules(&args.out, &manifest)
     } else {
         eprintln!(
@@ -479,7 +469,7 @@ fn run_job(args: JobArgs) -> Result<()> {
              stride distill merge --out {}",
             shard.index,
             shard.count,
-            missing.len(),
+            missing,
             args.out.display()
         );
         Ok(())
@@ -503,108 +493,19 @@ fn calibration_prompts(args: &JobArgs) -> Result<Vec<String>> {
     Ok(prompts)
 }
 
-fn manifest_path(out: &Path) -> PathBuf {
-    out.join("work").join("job.json")
+fn work(out: &Path) -> WorkDir<'_> {
+    WorkDir { out, command: "stride distill" }
 }
 
-fn read_manifest(out: &Path) -> Result<Manifest> {
-    let path = manifest_path(out);
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!("reading {} (is {} a distill job's --out?)", path.display(), out.display())
-    })?;
-    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
-}
-
-/// Writes the manifest for a new job, or checks that a resumed one has the same settings.
-fn pin_manifest(out: &Path, manifest: &Manifest) -> Result<()> {
-    let path = manifest_path(out);
-    if path.exists() {
-        let pinned = read_manifest(out)?;
-        if pinned != *manifest {
-            let (a, b) = (serde_json::to_value(&pinned)?, serde_json::to_value(manifest)?);
-            let differing: Vec<String> = a
-                .as_object()
-                .into_iter()
-                .flatten()
-                .filter(|(k, v)| b.get(k.as_str()) != Some(v))
-                .map(|(k, _)| k.clone())
-                .collect();
-            bail!(
-                "{} holds a job with other settings ({}); resume it with the same flags, or choose another --out",
-                path.display(),
-                differing.join(", ")
-            );
-        }
-        return Ok(());
-    }
-    std::fs::create_dir_all(path.parent().expect("has a parent"))
-        .with_context(|| format!("creating {}", out.display()))?;
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(manifest)? + "\n")?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
-}
-
-/// Appends a finished block's records and syncs them to disk. A partial last line (a job killed
-/// mid-write) is ended first, so it stays one unreadable line instead of spoiling the next.
-fn append_records(path: &Path, records: &[Record]) -> Result<()> {
-    let ends_cleanly = std::fs::read(path).map_or(true, |bytes| bytes.last().is_none_or(|&b| b == b'\n'));
-    let mut text = String::from(if ends_cleanly { "" } else { "\n" });
-    for record in records {
-        text.push_str(&serde_json::to_string(record)?);
-        text.push('\n');
-    }
-    let mut file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all().with_context(|| format!("writing {}", path.display()))
-}
-
-/// Every complete block in `out/work/records-*.jsonl`, by block index. A block is complete when
-/// all its lines are there (a job killed mid-write leaves a partial last line, ignored).
-fn read_records(out: &Path) -> Result<BTreeMap<usize, Vec<Record>>> {
-    let work = out.join("work");
-    let mut by_block: BTreeMap<usize, Vec<Record>> = BTreeMap::new();
-    let Ok(entries) = std::fs::read_dir(&work) else { return Ok(by_block) };
-    let mut paths: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
-        .collect();
-    paths.sort();
-    for path in paths {
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let Ok(record) = serde_json::from_str::<Record>(line) else { continue };
-            let block = by_block.entry(record.block).or_default();
-            if !block.iter().any(|r| r.sample == record.sample) {
-                block.push(record);
-            }
-        }
-    }
-    let manifest = read_manifest(out).ok();
-    if let Some(m) = manifest {
-        by_block
-            .retain(|&b, records| b < m.blocks() && records.len() == m.batch.min(m.samples - b * m.batch));
-    }
-    for records in by_block.values_mut() {
-        records.sort_by_key(|r| r.sample);
-    }
-    Ok(by_block)
+/// Every complete block of the job's records.
+fn read_records(out: &Path, manifest: &Manifest) -> Result<BTreeMap<usize, Vec<Record>>> {
+    work(out).read_blocks(manifest.blocks(), |b| manifest.block_len(b))
 }
 
 /// Aggregates every (solver, NFE) over all samples and writes `OUT/SOLVER-NFE.json`.
 fn write_schedules(out: &Path, manifest: &Manifest) -> Result<()> {
-    let records = read_records(out)?;
-    let missing: Vec<usize> = (0..manifest.blocks()).filter(|b| !records.contains_key(b)).collect();
-    if !missing.is_empty() {
-        bail!(
-            "blocks {missing:?} of {} are not done yet: run the shards that own them (block b belongs to \
-             shard b mod N) before merging",
-            manifest.blocks()
-        );
-    }
+    let records = read_records(out, manifest)?;
+    work(out).require_all(manifest.blocks(), &records)?;
     let how: Aggregate = manifest.aggregate.parse()?;
     let provenance = Provenance {
         model_id: manifest.model_id.clone(),

@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use stride_models::{StableDiffusion, TinyShapes, Variant};
+use stride_policy::Policy;
 use stride_solvers::{AdaptiveSampler, Denoiser, Sampler, Scheduler, Sigmas, TorchNoise};
 
 use crate::device::DeviceArg;
@@ -61,9 +62,13 @@ pub struct Args {
     /// Use a schedule distilled for another model or solver anyway.
     #[arg(long)]
     force: bool,
-    /// Default: 20 for tiny-shapes; 30 for Stable Diffusion, 1 for the Turbo models.
+    /// A number, or auto: the model's step policy (`stride train-policy`) picks the count per
+    /// prompt. Default: 20 for tiny-shapes; 30 for Stable Diffusion, 1 for the Turbo models.
     #[arg(long)]
-    steps: Option<usize>,
+    steps: Option<Steps>,
+    /// The step policy for --steps auto (default: the model folder's policy/).
+    #[arg(long)]
+    policy: Option<PathBuf>,
     /// Stochasticity of ancestral / SDE samplers and DDIM.
     #[arg(long)]
     eta: Option<f64>,
@@ -189,6 +194,23 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// `--steps`: a count, or `auto` (the model's step policy decides per prompt).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Steps {
+    Count(usize),
+    Auto,
+}
+
+impl std::str::FromStr for Steps {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Steps::Auto),
+            _ => s.parse().map(Steps::Count).map_err(|_| format!("`{s}`: a step count or auto")),
+        }
+    }
+}
+
 /// One line of a prompts file: a plain prompt, or a JSON object with the prompt and any
 /// settings that differ from the command line's for that line.
 #[derive(Debug, Default, serde::Deserialize)]
@@ -244,18 +266,25 @@ fn jobs(args: &Args) -> Result<Vec<Job>> {
         anyhow::ensure!(tol.is_none_or(|t| t.is_finite() && t > 0.0), "{name} must be a positive number");
     }
     anyhow::ensure!(args.max_nfe > 0, "--max-nfe must be at least 1");
-    let lines = lines(args)?;
+    let mut lines = lines(args)?;
     let choice = choose_model(args, &args.model)?;
+    let policy =
+        if args.steps == Some(Steps::Auto) { policy_steps(args, &choice, &mut lines)? } else { None };
     let seed = args.seed.unwrap_or_else(random_seed);
     let mut jobs = Vec::new();
     for (number, line) in lines.iter().enumerate() {
-        let params = line_params(args, &choice, line, seed).map_err(|e| {
-            if lines.len() > 1 {
-                e.context(format!("prompt {}", number + 1))
-            } else {
-                e
-            }
-        })?;
+        let params =
+            line_params(args, &choice, line, seed).map(|p| Params { step_policy: policy.clone(), ..p });
+        let params =
+            params.map_err(
+                |e| {
+                    if lines.len() > 1 {
+                        e.context(format!("prompt {}", number + 1))
+                    } else {
+                        e
+                    }
+                },
+            )?;
         for i in 0..line.num_samples.unwrap_or(args.num_samples) {
             let index = jobs.len();
             let params = Params { seed: params.seed.wrapping_add(i as u64), ..params.clone() };
@@ -284,7 +313,10 @@ fn line_params(args: &Args, choice: &Choice, line: &Line, seed: u64) -> Result<P
             (d.steps, d.scheduler, d.cfg_scale, d.width, d.height)
         }
     };
-    let explicit_steps = line.steps.or(args.steps);
+    let explicit_steps = line.steps.or(match args.steps {
+        Some(Steps::Count(n)) => Some(n),
+        _ => None,
+    });
     let mut steps = explicit_steps.unwrap_or(steps);
     let mut scheduler =
         line.scheduler.clone().or_else(|| args.scheduler.clone()).unwrap_or_else(|| scheduler.to_string());
@@ -335,7 +367,37 @@ fn line_params(args: &Args, choice: &Choice, line: &Line, seed: u64) -> Result<P
         width,
         height,
         model: args.model.clone(),
+        step_policy: None,
     })
+}
+
+/// `--steps auto`: the model's step policy picks each line's step count (lines that set their
+/// own keep it), printed; returns the policy folder, recorded in the PNGs.
+fn policy_steps(args: &Args, choice: &Choice, lines: &mut [Line]) -> Result<Option<String>> {
+    let Choice::Tiny(dir) = choice else {
+        bail!("--steps auto needs a step policy, trained for tiny-shapes models (stride train-policy)");
+    };
+    let policy_dir = args.policy.clone().unwrap_or_else(|| dir.join("policy"));
+    let device = candle_core::Device::Cpu;
+    let policy = Policy::load(&policy_dir, &device)?;
+    let hash = schedules::model_hash(dir)?;
+    match policy.check_model(&policy_dir, &hash) {
+        Err(e) if args.force => eprintln!("warning: {e} (used anyway: --force)"),
+        other => other?,
+    }
+    let model = TinyShapes::load(dir, &device)?;
+    let texts: Vec<&str> = lines.iter().map(|l| l.prompt.as_str()).collect();
+    anyhow::ensure!(texts.iter().all(|t| !t.trim().is_empty()), "the prompt is empty: describe the image");
+    let (features, mask) = crate::train_policy::text_features(&model, &texts)?;
+    let chosen = policy.net.choose(&features, &mask)?;
+    let options = &policy.sidecar.config.options;
+    for (line, choice) in lines.iter_mut().zip(chosen) {
+        if line.steps.is_none() {
+            line.steps = Some(options[choice]);
+            eprintln!("step policy: {} steps for \"{}\"", options[choice], line.prompt);
+        }
+    }
+    Ok(Some(policy_dir.display().to_string()))
 }
 
 /// The distilled schedule of --schedule FILE, or the model's shipped one for --scheduler

@@ -11,6 +11,8 @@ mod params;
 mod plot;
 mod schedules;
 mod train_base;
+mod train_policy;
+mod work;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -41,6 +43,9 @@ enum Command {
     Eval(eval::Args),
     /// Train the bundled tiny-shapes model (resumable; checkpoints every few minutes).
     TrainBase(train_base::Args),
+    /// Train a per-prompt step policy (AdaDiff) on a reward table made with the model;
+    /// the table job is resumable and shardable (`stride train-policy merge`).
+    TrainPolicy(train_policy::Args),
 }
 
 fn main() {
@@ -54,6 +59,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Bench(command) => bench::run(command),
         Command::TrainBase(args) => train_base::run(args),
+        Command::TrainPolicy(args) => train_policy::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Info(args) => generate::info(args),

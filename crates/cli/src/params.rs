@@ -26,6 +26,8 @@ pub struct Params {
     pub width: usize,
     pub height: usize,
     pub model: String,
+    /// The step policy that chose `steps` (`--steps auto`).
+    pub step_policy: Option<String>,
 }
 
 impl Params {
@@ -52,6 +54,9 @@ impl Params {
         }
         if let Some(sigmas) = &self.sigmas {
             fields.push(("Sigmas", sigmas.clone()));
+        }
+        if let Some(policy) = &self.step_policy {
+            fields.push(("Step policy", policy.clone()));
         }
         fields.push(("RNG", "CPU".into()));
         fields.push(("Version", format!("stride {}", env!("CARGO_PKG_VERSION"))));
@@ -97,6 +102,7 @@ impl Params {
             width,
             height,
             model: get("Model").unwrap_or_else(|| "tiny-shapes".into()),
+            step_policy: get("Step policy"),
         })
     }
 
@@ -162,11 +168,19 @@ mod tests {
             width: 32,
             height: 32,
             model: "tiny-shapes".into(),
+            step_policy: Some("models/tiny-shapes/policy".into()),
         };
         let text = params.to_text();
         assert!(text.contains("Sigmas: \"14.6,7.8,3.5,0\""), "{text}");
         assert_eq!(Params::from_text(&text).unwrap(), params);
-        let plain = Params { negative_prompt: String::new(), sigmas: None, eta: None, rtol: None, ..params };
+        let plain = Params {
+            negative_prompt: String::new(),
+            sigmas: None,
+            eta: None,
+            rtol: None,
+            step_policy: None,
+            ..params
+        };
         assert_eq!(Params::from_text(&plain.to_text()).unwrap(), plain);
     }
 }

@@ -4,6 +4,7 @@
 //! model that every solver test and benchmark uses.
 
 pub mod gmm;
+pub mod init;
 pub mod sd;
 pub mod tiny_shapes;
 

@@ -95,7 +95,7 @@ impl Config {
     fn tokens(&self) -> usize {
         match self.arch {
             Arch::Dit => (self.image_size / self.patch).pow(2),
-            Arch::Unet => (self.image_size / self.patch >> self.levels.len()).pow(2),
+            Arch::Unet => ((self.image_size / self.patch) >> self.levels.len()).pow(2),
         }
     }
 }

@@ -9,8 +9,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{VarBuilder, VarMap};
+use candle_core::{Device, Tensor, Var};
+use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 use stride_shapes::World;
 use stride_solvers::TorchGenerator;
@@ -30,6 +30,14 @@ pub struct TrainConfig {
     pub ema_decay: f64,
     pub cfg_dropout: f64,
     pub seed: u64,
+    /// The text encoder's learning rate as a fraction of `lr` (0 freezes it at its seeded
+    /// initialisation). Older run files lack the field: 1.
+    #[serde(default = "one")]
+    pub text_lr_scale: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 impl Default for TrainConfig {
@@ -45,6 +53,7 @@ impl Default for TrainConfig {
             ema_decay: 0.999,
             cfg_dropout: 0.1,
             seed: 0,
+            text_lr_scale: 1.0,
         }
     }
 }
@@ -75,8 +84,7 @@ impl Trainer {
         let varmap = VarMap::new();
         // candle's CPU RNG cannot be seeded: initialise every parameter from its own seeded
         // generator (seed, name) instead, so a fresh run is reproducible.
-        let backend = SeededInit { varmap: varmap.clone(), seed: config.seed };
-        let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
+        let vb = crate::init::seeded(&varmap, config.seed, device);
         let net = Net::new(&config.model, vb)?;
         let mut names: Vec<String> = varmap.data().lock().expect("varmap lock").keys().cloned().collect();
         names.sort();
@@ -160,10 +168,12 @@ impl Trainer {
         let t1 = (self.step + 1) as i32;
         let (bc1, bc2) = (1.0 - BETA1.powi(t1), 1.0 - BETA2.powi(t1));
         let (b1, b2) = (BETA1 as f32, BETA2 as f32);
-        let (step_size, inv_sqrt_bc2) = ((lr / bc1) as f32, (1.0 / bc2.sqrt()) as f32);
-        let decay = (1.0 - lr * self.config.weight_decay) as f32;
+        let inv_sqrt_bc2 = (1.0 / bc2.sqrt()) as f32;
         let d = self.config.ema_decay as f32;
         for i in 0..self.names.len() {
+            let lr = if self.names[i].starts_with("text.") { lr * self.config.text_lr_scale } else { lr };
+            let step_size = (lr / bc1) as f32;
+            let decay = (1.0 - lr * self.config.weight_decay) as f32;
             let var = self.var(&self.names[i]);
             let Some(g) = grads.get(var.as_tensor()) else { continue };
             let g = g.flatten_all()?.to_vec1::<f32>()?;
@@ -275,57 +285,6 @@ impl Trainer {
 
     pub fn parameter_count(&self) -> usize {
         self.names.iter().map(|n| self.var(n).as_tensor().elem_count()).sum()
-    }
-}
-
-/// A VarBuilder backend that creates each parameter as a `Var` in `varmap`, drawn from a
-/// generator seeded by `(seed, name)`: normal initialisers as asked; uniform ones as a normal
-/// of the same mean and variance; Kaiming as LeCun normal (std 1/sqrt(fan_in)).
-struct SeededInit {
-    varmap: VarMap,
-    seed: u64,
-}
-
-impl candle_nn::var_builder::SimpleBackend for SeededInit {
-    fn get(
-        &self,
-        shape: candle_core::Shape,
-        name: &str,
-        init: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let n = shape.elem_count();
-        let name_hash =
-            name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
-        let mut gen = TorchGenerator::new(self.seed ^ name_hash);
-        let normal = |gen: &mut TorchGenerator, mean: f64, std: f64| -> Vec<f32> {
-            gen.randn(n).iter().map(|z| (mean + std * f64::from(*z)) as f32).collect()
-        };
-        let values = match init {
-            candle_nn::Init::Const(v) => vec![v as f32; n],
-            candle_nn::Init::Randn { mean, stdev } => normal(&mut gen, mean, stdev),
-            candle_nn::Init::Uniform { lo, up } => {
-                normal(&mut gen, 0.5 * (lo + up), (up - lo) / 12f64.sqrt())
-            }
-            candle_nn::Init::Kaiming { .. } => {
-                let dims = shape.dims();
-                let fan_in: usize = dims.iter().skip(1).product::<usize>().max(1);
-                normal(&mut gen, 0.0, 1.0 / (fan_in as f64).sqrt())
-            }
-        };
-        let tensor = Tensor::from_vec(values, shape, dev)?.to_dtype(dtype)?;
-        let var = Var::from_tensor(&tensor)?;
-        self.varmap.data().lock().expect("varmap lock").insert(name.to_string(), var.clone());
-        Ok(var.as_tensor().clone())
-    }
-
-    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
-        candle_core::bail!("{name} must be created with a shape")
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        self.varmap.data().lock().expect("varmap lock").contains_key(name)
     }
 }
 

@@ -1,0 +1,135 @@
+//! `stride train-policy` and `generate --steps auto` end to end on a tiny random model: the
+//! reward-table job shards and merges to the same policy as one run, resumes without redoing
+//! finished blocks, the policy file is validated on load, and --steps auto records its choice.
+
+mod common;
+
+use std::path::Path;
+
+use common::{model, stride, temp_dir};
+
+/// `stride train-policy` on the tiny model: 3 prompts x 2 seeds at 3 options, blocks of 2.
+fn train_policy(out: &Path, extra: &[&str]) -> std::process::Output {
+    stride()
+        .args(["train-policy", "--quiet", "--model"])
+        .arg(model())
+        .args(["--prompt-count", "3", "--seeds", "2", "--options", "2,3,4", "--batch", "2"])
+        .args(["--updates", "30", "--out"])
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn ok(out: std::process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stderr}");
+    String::from_utf8_lossy(&out.stdout).to_string() + &stderr
+}
+
+#[test]
+fn shards_merge_to_the_single_run_policy_and_resume_skips_done_blocks() {
+    let root = temp_dir("policy-shards");
+    let (single, sharded) = (root.join("single"), root.join("sharded"));
+    let text = ok(train_policy(&single, &[]));
+    assert!(text.contains("mean quality") && text.contains("policy:"), "{text}");
+    let sidecar: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(single.join("policy.json")).unwrap()).unwrap();
+    assert_eq!(sidecar["config"]["options"], serde_json::json!([2, 3, 4]));
+    assert_eq!(sidecar["prompts"], 3);
+
+    let first = ok(train_policy(&sharded, &["--shard", "0/2"]));
+    assert!(first.contains("stride train-policy merge"), "a shard says how to merge: {first}");
+    assert!(!sharded.join("policy.json").exists(), "no policy before every block is done");
+    let early = stride().args(["train-policy", "merge", "--out"]).arg(&sharded).output().unwrap();
+    assert!(!early.status.success() && String::from_utf8_lossy(&early.stderr).contains("not done yet"));
+    ok(train_policy(&sharded, &["--shard", "1/2"]));
+    let weights = |dir: &Path| std::fs::read(dir.join("policy.safetensors")).unwrap();
+    assert_eq!(weights(&single), weights(&sharded), "shards + merge = one run, bit for bit");
+
+    // Run again: every block is done, the policy is retrained from the cached table.
+    let again = ok(train_policy(&single, &[]));
+    assert!(again.contains("3 done, 0 to do"), "{again}");
+    assert_eq!(weights(&single), weights(&sharded));
+    // Changing a table setting is refused, naming it; a training setting is not.
+    let refused = train_policy(&single, &["--cfg-scale", "2"]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("other settings (cfg_scale)"));
+    ok(train_policy(&single, &["--lambda", "2"]));
+}
+
+#[test]
+fn steps_auto_uses_the_policy_and_bad_policies_are_clear_errors() {
+    let root = temp_dir("policy-auto");
+    let policy = root.join("policy");
+    ok(train_policy(&policy, &[]));
+    let generate = |policy: &Path, extra: &[&str]| {
+        stride()
+            .args(["generate", "a red circle", "--steps", "auto", "--seed", "1", "--model"])
+            .arg(model())
+            .arg("--policy")
+            .arg(policy)
+            .arg("-o")
+            .arg(root.join("auto.png"))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let text = ok(generate(&policy, &[]));
+    let options = ["2", "3", "4"];
+    let chosen = options.iter().find(|n| text.contains(&format!("step policy: {n} steps"))).expect(&text);
+    let info = ok(stride().arg("info").arg(root.join("auto.png")).output().unwrap());
+    assert!(info.contains(&format!("Steps: {chosen}")) && info.contains("Step policy"), "{info}");
+
+    // A policy made for another model, with options its weights do not have, or with corrupt
+    // weights: one-line errors.
+    let broken = root.join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    let sidecar = std::fs::read_to_string(policy.join("policy.json")).unwrap();
+    let weights = std::fs::read(policy.join("policy.safetensors")).unwrap();
+    let cases: [(&str, String, Vec<u8>, &str); 3] = [
+        ("wrong model", sidecar.replace("\"sha256:", "\"sha256:0"), weights.clone(), "was trained for model"),
+        (
+            "wrong options",
+            sidecar.replacen("\"options\": [\n      2,", "\"options\": [", 1),
+            weights.clone(),
+            "do not fit",
+        ),
+        (
+            "corrupt weights",
+            sidecar.clone(),
+            weights[..weights.len() / 2].to_vec(),
+            "cannot read the weights",
+        ),
+    ];
+    for (name, sidecar, weights, expected) in cases {
+        std::fs::write(broken.join("policy.json"), sidecar).unwrap();
+        std::fs::write(broken.join("policy.safetensors"), weights).unwrap();
+        let out = generate(&broken, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(expected), "{name}: {stderr}");
+    }
+    let missing = generate(&root.join("nowhere"), &[]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("stride train-policy"));
+}
+
+#[test]
+fn bad_options_are_clear_errors() {
+    let root = temp_dir("policy-errors");
+    for (args, expected) in [
+        (vec!["--options", "5"], "at least two"),
+        (vec!["--reward", "best"], "linear or adadiff"),
+        (vec!["--objective", "greedy"], "max-entropy"),
+        (vec!["--seeds", "0"], "at least 1"),
+    ] {
+        let out = stride()
+            .args(["train-policy", "--quiet", "--model"])
+            .arg(model())
+            .args(["--prompt-count", "1", "--out"])
+            .arg(root.join("out"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
