@@ -265,7 +265,7 @@ impl TextEncoder {
     pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let len = ids.dim(1)?;
         let mut h = self.tokens.forward(ids)?.broadcast_add(&self.positions.narrow(1, 0, len)?)?;
-        let bias = key_bias(mask)?;
+        let bias = key_bias(mask, h.dtype())?;
         for layer in &self.layers {
             let n = layer.norm1.forward(&h)?;
             h = (&h + layer.attn.forward(&n, None, Some(&bias))?)?;
@@ -276,9 +276,9 @@ impl TextEncoder {
 }
 
 /// Additive attention bias `[B, 1, 1, L]` from a 0/1 key mask `[B, L]`.
-fn key_bias(mask: &Tensor) -> Result<Tensor> {
+fn key_bias(mask: &Tensor, dtype: DType) -> Result<Tensor> {
     let (b, l) = mask.dims2()?;
-    ((mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?.reshape((b, 1, 1, l))
+    ((mask.to_dtype(dtype)? - 1.0)? * 1e9)?.reshape((b, 1, 1, l))
 }
 
 /// One denoiser block: adaLN-Zero self-attention, cross-attention to the text (after a plain
@@ -321,7 +321,7 @@ fn zero_linear(i: usize, o: usize, vb: VarBuilder) -> Result<Linear> {
 fn timestep_embedding(t: &Tensor, dim: usize) -> Result<Tensor> {
     let half = dim / 2;
     let freqs: Vec<f32> = (0..half).map(|i| (-(10000f32.ln()) * i as f32 / half as f32).exp()).collect();
-    let freqs = Tensor::new(freqs, t.device())?.unsqueeze(0)?;
+    let freqs = Tensor::new(freqs, t.device())?.to_dtype(t.dtype())?.unsqueeze(0)?;
     let args = (t.unsqueeze(1)? * 1000.0)?.broadcast_mul(&freqs)?;
     Tensor::cat(&[args.cos()?, args.sin()?], 1)
 }
@@ -540,13 +540,13 @@ impl Net {
     /// features `[B, L, text_dim]` and their mask `[B, L]`.
     pub fn forward(&self, x: &Tensor, t: &Tensor, text: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let c = &self.config;
-        let maskf = mask.to_dtype(DType::F32)?;
+        let maskf = mask.to_dtype(text.dtype())?;
         let pooled =
             text.broadcast_mul(&maskf.unsqueeze(2)?)?.sum(1)?.broadcast_div(&maskf.sum_keepdim(1)?)?;
         let temb = self.time2.forward(&self.time1.forward(&timestep_embedding(t, c.dim)?)?.silu()?)?;
         // silu(cond) feeds every modulation; computed once.
         let cond = (temb + self.pooled.forward(&pooled)?)?.silu()?;
-        let bias = key_bias(mask)?;
+        let bias = key_bias(mask, text.dtype())?;
         match &self.body {
             Body::Dit(dit) => dit.forward(c, x, &cond, text, &bias),
             Body::Unet(unet) => unet.forward(c, x, &cond, text, &bias),

@@ -751,7 +751,7 @@ mod tests {
     #[test]
     fn fused_ops_match_composed_forms() -> Result<()> {
         let dev = Device::Cpu;
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (3, 70, 40), &dev)?)?;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (3, 700, 40), &dev)?)?;
         let shift = Var::from_tensor(&Tensor::randn(0f32, 1., (3, 40), &dev)?)?;
         let scale = Var::from_tensor(&Tensor::randn(0f32, 1., (3, 40), &dev)?)?;
         let composed = |x: &Tensor, f: &dyn Fn(&Tensor) -> Result<Tensor>| -> Result<Tensor> { f(x) };
@@ -786,12 +786,12 @@ mod tests {
             ),
             (
                 "im2col3x3",
-                Box::new(|x: &Tensor| im2col3x3(&x.reshape((3, 7, 10, 40))?)),
+                Box::new(|x: &Tensor| im2col3x3(&x.reshape((3, 70, 10, 40))?)),
                 Box::new(|x: &Tensor| {
-                    let x = x.reshape((3, 7, 10, 40))?;
+                    let x = x.reshape((3, 70, 10, 40))?;
                     let padded = x.pad_with_zeros(1, 1, 1)?.pad_with_zeros(2, 1, 1)?;
                     let taps = (0..9)
-                        .map(|k| padded.narrow(1, k / 3, 7)?.narrow(2, k % 3, 10))
+                        .map(|k| padded.narrow(1, k / 3, 70)?.narrow(2, k % 3, 10))
                         .collect::<Result<Vec<_>>>()?;
                     Tensor::cat(&taps, 3)
                 }),
