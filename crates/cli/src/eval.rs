@@ -16,7 +16,8 @@ use crate::device::DeviceArg;
   stride eval                                   # 500 held-out prompts at 50, 20, 10 and 5 steps
   stride eval --steps 50 --limit 100            # a quicker look
   stride eval --write-heldout models/tiny-shapes/heldout_prompts.txt
-  stride eval schedules                         # hand-designed vs distilled step schedules")]
+  stride eval schedules                         # hand-designed vs distilled step schedules
+  stride eval policy                            # the step policy against fixed step counts")]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct Args {
     #[command(subcommand)]
@@ -59,11 +60,16 @@ enum EvalCommand {
     /// Hand-designed (uniform, karras, exponential, log-SNR, AYS) against distilled (exact DP,
     /// OSS) step schedules: PSNR against the teacher and ShapesEval pass rate, per NFE.
     Schedules(crate::eval_schedules::Args),
+    /// The step policy against fixed step counts, a word-count rule and a random one: mean
+    /// steps, pass rate and PSNR against the 50-step image (`stride train-policy`).
+    Policy(crate::eval_policy::Args),
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if let Some(EvalCommand::Schedules(args)) = args.command {
-        return crate::eval_schedules::run(args);
+    match args.command {
+        Some(EvalCommand::Schedules(args)) => return crate::eval_schedules::run(args),
+        Some(EvalCommand::Policy(args)) => return crate::eval_policy::run(args),
+        None => {}
     }
     if let Some(path) = &args.write_heldout {
         let prompts = World::new(0).heldout_prompts(500);

@@ -5,6 +5,7 @@ mod bench;
 mod device;
 mod distill;
 mod eval;
+mod eval_policy;
 mod eval_schedules;
 mod generate;
 mod params;

@@ -25,20 +25,60 @@ pub fn log_log_chart(
     y_label: &str,
     series: &[Series],
 ) -> Result<()> {
+    chart(path, title, (x_label, Scale::Log), (y_label, Scale::Log), series)
+}
+
+/// How an axis maps values.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Scale {
+    Log,
+    Linear,
+}
+
+impl Scale {
+    fn map(self, v: f64) -> f64 {
+        match self {
+            Scale::Log => v.log10(),
+            Scale::Linear => v,
+        }
+    }
+
+    fn shows(self, v: f64) -> bool {
+        v.is_finite() && (self == Scale::Linear || v > 0.0)
+    }
+}
+
+/// A line chart of `series` as SVG: log axes get decade grid lines (y) and the data's x values
+/// as ticks; a linear y axis gets five.
+pub fn chart(
+    path: &Path,
+    title: &str,
+    (x_label, x_scale): (&str, Scale),
+    (y_label, y_scale): (&str, Scale),
+    series: &[Series],
+) -> Result<()> {
     let (w, h, left, right, top, bottom) = (760.0, 480.0, 70.0, 190.0, 40.0, 50.0);
-    let finite = |v: f64| v.is_finite() && v > 0.0;
-    let points = || series.iter().flat_map(|s| s.points.iter()).filter(|(x, y)| finite(*x) && finite(*y));
+    let finite = |x: f64, y: f64| x_scale.shows(x) && y_scale.shows(y);
+    let points = || series.iter().flat_map(|s| s.points.iter()).filter(|(x, y)| finite(*x, *y));
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for (x, y) in points() {
-        (x0, x1, y0, y1) = (x0.min(x.log10()), x1.max(x.log10()), y0.min(y.log10()), y1.max(y.log10()));
+        let (x, y) = (x_scale.map(*x), y_scale.map(*y));
+        (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
     }
     if x0 > x1 {
         anyhow::bail!("nothing to plot for {title}");
     }
-    let (y0, y1) = (y0.floor(), y1.ceil().max(y0.floor() + 1.0));
-    let (x0, x1) = (x0 - 0.05, x1 + 0.05);
-    let px = |x: f64| left + (x.log10() - x0) / (x1 - x0) * (w - left - right);
-    let py = |y: f64| top + (y1 - y.log10()) / (y1 - y0) * (h - top - bottom);
+    let (y0, y1) = match y_scale {
+        Scale::Log => (y0.floor(), y1.ceil().max(y0.floor() + 1.0)),
+        Scale::Linear => (y0.min(0.0), if y1 > y0.min(0.0) { y1 * 1.05 } else { 1.0 }),
+    };
+    let pad = match x_scale {
+        Scale::Log => 0.05,
+        Scale::Linear => 0.05 * (x1 - x0).max(1.0),
+    };
+    let (x0, x1) = (x0 - pad, x1 + pad);
+    let px = |x: f64| left + (x_scale.map(x) - x0) / (x1 - x0) * (w - left - right);
+    let py = |y: f64| top + (y1 - y_scale.map(y)) / (y1 - y0) * (h - top - bottom);
     let mut svg = String::new();
     writeln!(
         svg,
@@ -50,10 +90,16 @@ pub fn log_log_chart(
         r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{title}</text>"#,
         (w - right + left) / 2.0
     )?;
-    for decade in (y0 as i32)..=(y1 as i32) {
-        let y = py(10f64.powi(decade));
+    let y_ticks: Vec<(f64, String)> = match y_scale {
+        Scale::Log => ((y0 as i32)..=(y1 as i32)).map(|d| (10f64.powi(d), format!("1e{d}"))).collect(),
+        Scale::Linear => {
+            (0..=4).map(|i| y0 + (y1 - y0) * i as f64 / 4.0).map(|v| (v, format!("{v:.3}"))).collect()
+        }
+    };
+    for (value, label) in y_ticks {
+        let y = py(value);
         writeln!(svg, r##"<line x1="{left}" x2="{}" y1="{y}" y2="{y}" stroke="#ddd"/>"##, w - right)?;
-        writeln!(svg, r#"<text x="{}" y="{}" text-anchor="end">1e{decade}</text>"#, left - 6.0, y + 4.0)?;
+        writeln!(svg, r#"<text x="{}" y="{}" text-anchor="end">{label}</text>"#, left - 6.0, y + 4.0)?;
     }
     let mut ticks: Vec<f64> = points().map(|(x, _)| *x).collect();
     ticks.sort_by(f64::total_cmp);
@@ -80,7 +126,7 @@ pub fn log_log_chart(
         let path: Vec<String> = s
             .points
             .iter()
-            .filter(|(x, y)| finite(*x) && finite(*y))
+            .filter(|(x, y)| finite(*x, *y))
             .map(|(x, y)| format!("{:.1},{:.1}", px(*x), py(*y)))
             .collect();
         writeln!(

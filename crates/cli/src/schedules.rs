@@ -65,6 +65,15 @@ pub fn load(path: &Path, target: &Target, steps: Option<usize>, force: bool) -> 
     }
 }
 
+/// The model's shipped distilled schedule for exactly `steps` steps of `solver`, if it has one.
+pub fn shipped_exact(model_dir: &Path, solver: &str, steps: usize) -> Result<Option<Sigmas>> {
+    let path = model_dir.join(SHIPPED_DIR).join(format!("{solver}-{steps}.json"));
+    if !path.exists() {
+        return Ok(None);
+    }
+    Ok(Some(ScheduleFile::read(&path)?.sigmas()?))
+}
+
 /// The schedule file for `solver` in `dir` (`SOLVER-NFE.json`) whose NFE is closest to `steps`
 /// (the exact one if there).
 pub fn nearest(dir: &Path, solver: &str, steps: usize) -> Option<PathBuf> {

@@ -278,11 +278,10 @@ fn run_job(args: JobArgs) -> Result<()> {
         .iter()
         .map(|&n| {
             if args.scheduler == "distilled" {
-                let path = dir.join("schedules").join(format!("{}-{n}.json", args.sampler));
-                if path.exists() {
-                    return Ok(stride_distill::ScheduleFile::read(&path)?.sigmas()?);
-                }
-                return Ok(Scheduler::Uniform.sigmas(&schedule, n)?);
+                return match crate::schedules::shipped_exact(&dir, &args.sampler, n)? {
+                    Some(sigmas) => Ok(sigmas),
+                    None => Ok(Scheduler::Uniform.sigmas(&schedule, n)?),
+                };
             }
             Ok(args.scheduler.parse::<Scheduler>()?.sigmas(&schedule, n)?)
         })

@@ -133,3 +133,44 @@ fn bad_options_are_clear_errors() {
         assert!(!out.status.success() && stderr.contains(expected), "{args:?}: {stderr}");
     }
 }
+
+/// `stride eval policy`: the rules built from the policy's own step counts spend exactly its
+/// mean steps, the fixed count at the reference is the reference (PSNR capped at 60 dB), and
+/// --write stores the table in policy.json.
+#[test]
+fn eval_policy_compares_rules_at_the_policys_budget() {
+    let root = temp_dir("policy-eval");
+    let policy = root.join("policy");
+    ok(train_policy(&policy, &[]));
+    let prompts = root.join("heldout.txt");
+    std::fs::write(&prompts, "a red circle\na small blue square on a white background\ntwo crosses\n")
+        .unwrap();
+    let text = ok(stride()
+        .args(["eval", "policy", "--model-dir"])
+        .arg(model())
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--prompts")
+        .arg(&prompts)
+        .args(["--reference-steps", "4", "--write", "--plot"])
+        .arg(root.join("plot.svg"))
+        .output()
+        .unwrap());
+    let row = |prefix: &str| -> Vec<f64> {
+        let line =
+            text.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix}: {text}"));
+        line.split_whitespace().rev().take(3).map(|v| v.parse().unwrap()).collect::<Vec<_>>()
+    };
+    // Columns, read from the right: PSNR, pass rate, mean steps.
+    let policy_steps = row("(a) policy")[2];
+    assert_eq!(row("(d) word count")[2], policy_steps, "{text}");
+    assert_eq!(row("(e) random")[2], policy_steps, "{text}");
+    assert_eq!(row("(c) fixed")[2], policy_steps.round(), "{text}");
+    assert_eq!(row("(b) fixed 4")[0], 60.0, "the reference against itself: {text}");
+    for prefix in ["(a)", "(b) fixed 2", "(b) fixed 3", "(c)", "(d)", "(e)"] {
+        assert!((0.0..=1.0).contains(&row(prefix)[1]), "{prefix}: {text}");
+    }
+    assert!(std::fs::read_to_string(root.join("plot.svg")).unwrap().contains("<polyline"));
+    let sidecar = std::fs::read_to_string(policy.join("policy.json")).unwrap();
+    assert!(sidecar.contains("\"heldout\"") && sidecar.contains("(e) random, same steps"), "{sidecar}");
+}

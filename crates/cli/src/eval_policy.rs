@@ -1,0 +1,296 @@
+//! `stride eval policy`: the step policy against fixed step counts and simple rules on
+//! held-out prompts (one seed each): mean steps, ShapesEval pass rate and PSNR against the
+//! 50-step image.
+//!
+//! Every prompt is generated once at each of the policy's options (and at the fixed count
+//! matched to the policy's mean); every per-prompt rule is then a lookup in that table:
+//! (a) the policy, (b) each fixed count, (c) the fixed count nearest the policy's mean,
+//! (d) the policy's own step counts handed out by word count (same mean, same counts),
+//! (e) the same counts handed out at random, (f) a policy trained over distilled schedules.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use stride_models::TinyShapes;
+use stride_policy::Policy;
+use stride_shapes::{check, Prompt};
+use stride_solvers::{Denoiser, Sampler, Scheduler, Sigmas, TorchNoise};
+
+use crate::device::DeviceArg;
+use crate::plot::{chart, Scale, Series};
+use crate::train_policy::{psnr, text_features};
+
+#[derive(clap::Args)]
+#[command(after_help = "Examples:
+  stride eval policy                        # the shipped policy on 200 held-out prompts
+  stride eval policy --limit 50 --policy my-policy
+  stride eval policy --write                # also store the results in policy.json")]
+pub struct Args {
+    #[arg(long, default_value = "models/tiny-shapes")]
+    model_dir: PathBuf,
+    /// The policy (default: the model folder's policy/).
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// A policy trained over distilled schedules (`train-policy --scheduler distilled`;
+    /// default: the model folder's policy-distilled/, if there).
+    #[arg(long)]
+    distilled_policy: Option<PathBuf>,
+    #[arg(long, default_value = "models/tiny-shapes/heldout_prompts.txt")]
+    prompts: PathBuf,
+    #[arg(long, default_value_t = 200)]
+    limit: usize,
+    /// Prompt i is sampled with seed `seed + i`.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 50)]
+    batch_size: usize,
+    /// The reference step count (PSNR is measured against its images).
+    #[arg(long, default_value_t = 50)]
+    reference_steps: usize,
+    /// Store the held-out results in the policy's policy.json.
+    #[arg(long)]
+    write: bool,
+    /// Steps chosen against prompt richness, and pass rate against mean steps.
+    #[arg(long, default_value = "assets/eval_policy.svg")]
+    plot: PathBuf,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    device: DeviceArg,
+}
+
+/// Images of every prompt at one step count and schedule.
+struct Column {
+    steps: usize,
+    passed: Vec<bool>,
+    psnr: Vec<f64>,
+}
+
+/// A per-prompt rule's result.
+struct Row {
+    name: String,
+    mean_steps: f64,
+    pass: f64,
+    psnr: f64,
+}
+
+/// Looks up each prompt's result at its chosen column.
+fn row(name: &str, columns: &[Column], choice: &[usize]) -> Row {
+    let n = choice.len() as f64;
+    let mean = |f: &dyn Fn(usize, &Column) -> f64| {
+        choice.iter().enumerate().map(|(i, &c)| f(i, &columns[c])).sum::<f64>() / n
+    };
+    Row {
+        name: name.into(),
+        mean_steps: mean(&|_, c| c.steps as f64),
+        pass: mean(&|i, c| f64::from(u8::from(c.passed[i]))),
+        psnr: mean(&|i, c| c.psnr[i].min(60.0)),
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    anyhow::ensure!(args.limit > 0 && args.batch_size > 0, "--limit and --batch-size must be at least 1");
+    let device = args.device.open()?;
+    let model = TinyShapes::load(&args.model_dir, &device)
+        .with_context(|| format!("loading the model from {}", args.model_dir.display()))?;
+    let hash = crate::schedules::model_hash(&args.model_dir)?;
+    let policy_dir = args.policy.clone().unwrap_or_else(|| args.model_dir.join("policy"));
+    let policy = Policy::load(&policy_dir, &device)?;
+    policy.check_model(&policy_dir, &hash)?;
+    let distilled_dir =
+        args.distilled_policy.clone().unwrap_or_else(|| args.model_dir.join("policy-distilled"));
+    let distilled = match Policy::load(&distilled_dir, &device) {
+        Ok(p) => Some(p),
+        Err(_) if args.distilled_policy.is_none() => None,
+        Err(e) => return Err(e.into()),
+    };
+    let mut prompts = stride_shapes::read_prompts(&args.prompts)
+        .with_context(|| format!("reading prompts from {}", args.prompts.display()))?;
+    prompts.truncate(args.limit);
+    anyhow::ensure!(!prompts.is_empty(), "no prompts in {}", args.prompts.display());
+    let side = &policy.sidecar;
+    let sampler: Sampler = side.sampler.parse()?;
+    let texts: Vec<&str> = prompts.iter().map(|p| p.text.as_str()).collect();
+    let (features, mask) = text_features(&model, &texts)?;
+    let chosen = policy.net.choose(&features, &mask)?;
+    let options = side.config.options.clone();
+    println!(
+        "step policy {} on {} held-out prompts ({}), {} + {}, cfg {}, one seed each",
+        policy_dir.display(),
+        prompts.len(),
+        args.prompts.display(),
+        side.sampler,
+        side.scheduler,
+        side.cfg_scale
+    );
+    let run = Generator {
+        model: &model,
+        prompts: &prompts,
+        sampler,
+        cfg: side.cfg_scale,
+        args: &args,
+        device: &device,
+    };
+    let reference = run.images(&uniform(&model, args.reference_steps)?)?;
+    let column = |steps: usize, sigmas: &Sigmas| -> Result<Column> {
+        let images = run.images(sigmas)?;
+        Ok(Column { steps, passed: run.passed(&images)?, psnr: psnr(&images, &reference)? })
+    };
+    let mut columns: Vec<Column> =
+        options.iter().map(|&n| column(n, &uniform(&model, n)?)).collect::<Result<_>>()?;
+    let mut rows: Vec<Row> = Vec::new();
+    let policy_row = row("(a) policy", &columns, &chosen);
+    for (o, &n) in options.iter().enumerate() {
+        rows.push(row(&format!("(b) fixed {n}"), &columns, &vec![o; prompts.len()]));
+    }
+    let matched = policy_row.mean_steps.round().max(1.0) as usize;
+    let matched_column = match options.iter().position(|&n| n == matched) {
+        Some(o) => o,
+        None => {
+            columns.push(column(matched, &uniform(&model, matched)?)?);
+            columns.len() - 1
+        }
+    };
+    rows.push(row(
+        &format!("(c) fixed {matched} (policy's mean)"),
+        &columns,
+        &vec![matched_column; prompts.len()],
+    ));
+    rows.push(row("(d) word count, same steps", &columns, &by_word_count(&prompts, &chosen)));
+    rows.push(row("(e) random, same steps", &columns, &shuffled(&chosen, args.seed)));
+    let richness: Vec<usize> = prompts.iter().map(|p| p.request.richness()).collect();
+    let mut series = vec![choice_by_richness("policy", &richness, &chosen, &options)];
+    if let Some(distilled) = &distilled {
+        distilled.check_model(&distilled_dir, &hash)?;
+        let picks = distilled.net.choose(&features, &mask)?;
+        let d_options = &distilled.sidecar.config.options;
+        let mut d_columns = Vec::new();
+        for &n in d_options {
+            let sigmas = match crate::schedules::shipped_exact(&args.model_dir, &side.sampler, n)? {
+                Some(sigmas) => sigmas,
+                None => uniform(&model, n)?,
+            };
+            d_columns.push(column(n, &sigmas)?);
+        }
+        rows.push(row("(f) policy, distilled schedules", &d_columns, &picks));
+        series.push(choice_by_richness("policy over distilled schedules", &richness, &picks, d_options));
+    }
+    rows.insert(0, policy_row);
+    print_rows(&rows, args.reference_steps);
+    chart(
+        &args.plot,
+        "tiny-shapes: steps the policy chooses",
+        ("requested attributes", Scale::Linear),
+        ("mean steps chosen", Scale::Linear),
+        &series,
+    )?;
+    println!("plot: {}", args.plot.display());
+    if args.write {
+        let mut sidecar = policy.sidecar.clone();
+        sidecar.heldout = Some(serde_json::json!({
+            "prompts": prompts.len(),
+            "reference_steps": args.reference_steps,
+            "rows": rows.iter().map(|r| serde_json::json!({
+                "name": r.name, "mean_steps": r.mean_steps, "pass_rate": r.pass, "psnr": r.psnr
+            })).collect::<Vec<_>>(),
+        }));
+        let json = serde_json::to_string_pretty(&sidecar)? + "\n";
+        std::fs::write(policy_dir.join(stride_policy::file::SIDECAR), json)?;
+        println!("results stored in {}", policy_dir.join(stride_policy::file::SIDECAR).display());
+    }
+    Ok(())
+}
+
+fn uniform(model: &TinyShapes, steps: usize) -> Result<Sigmas> {
+    Ok(Scheduler::Uniform.sigmas(model.denoiser(&["a"], 1.0)?.schedule(), steps)?)
+}
+
+/// Generates every prompt (batched, prompt i from seed `seed + i`) on a schedule.
+struct Generator<'a> {
+    model: &'a TinyShapes,
+    prompts: &'a [Prompt],
+    sampler: Sampler,
+    cfg: f64,
+    args: &'a Args,
+    device: &'a Device,
+}
+
+impl Generator<'_> {
+    fn images(&self, sigmas: &Sigmas) -> Result<Tensor> {
+        let mut out = Vec::new();
+        for (k, chunk) in self.prompts.chunks(self.args.batch_size).enumerate() {
+            let texts: Vec<&str> = chunk.iter().map(|p| p.text.as_str()).collect();
+            let denoiser = self.model.denoiser(&texts, self.cfg)?;
+            let mut noise =
+                TorchNoise::consecutive(self.args.seed + (k * self.args.batch_size) as u64, chunk.len());
+            let side = stride_shapes::SIDE;
+            let x = self.sampler.initial_latent(
+                &denoiser,
+                sigmas,
+                &[chunk.len(), 3, side, side],
+                &mut noise,
+                self.device,
+            )?;
+            out.push(self.sampler.sample(&denoiser, x, sigmas, &mut noise, |_| {})?.clamp(-1.0, 1.0)?);
+        }
+        Ok(Tensor::cat(&out, 0)?)
+    }
+
+    fn passed(&self, images: &Tensor) -> Result<Vec<bool>> {
+        let images = crate::eval::to_images(images)?;
+        Ok(self.prompts.iter().zip(&images).map(|(p, image)| check(&p.request, image).passed()).collect())
+    }
+}
+
+/// The policy's step choices handed out by word count: the wordiest prompt gets the largest.
+fn by_word_count(prompts: &[Prompt], chosen: &[usize]) -> Vec<usize> {
+    let mut sorted = chosen.to_vec();
+    sorted.sort_unstable();
+    let mut order: Vec<usize> = (0..prompts.len()).collect();
+    order.sort_by_key(|&i| (prompts[i].text.split_whitespace().count(), i));
+    let mut out = vec![0; prompts.len()];
+    for (rank, &i) in order.iter().enumerate() {
+        out[i] = sorted[rank];
+    }
+    out
+}
+
+/// The policy's step choices in a seeded random order.
+fn shuffled(chosen: &[usize], seed: u64) -> Vec<usize> {
+    let mut out = chosen.to_vec();
+    let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
+    for i in (1..out.len()).rev() {
+        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        out.swap(i, (state >> 33) as usize % (i + 1));
+    }
+    out
+}
+
+/// Mean steps chosen per prompt richness.
+fn choice_by_richness(name: &str, richness: &[usize], chosen: &[usize], options: &[usize]) -> Series {
+    let max = richness.iter().copied().max().unwrap_or(0);
+    let points = (0..=max)
+        .filter_map(|r| {
+            let steps: Vec<f64> = richness
+                .iter()
+                .zip(chosen)
+                .filter(|(&q, _)| q == r)
+                .map(|(_, &c)| options[c] as f64)
+                .collect();
+            (!steps.is_empty()).then(|| (r as f64, steps.iter().sum::<f64>() / steps.len() as f64))
+        })
+        .collect();
+    Series { name: name.into(), points }
+}
+
+fn print_rows(rows: &[Row], reference: usize) {
+    println!(
+        "\n{:<36} {:>10} {:>10} {:>14}",
+        "rule",
+        "mean steps",
+        "pass rate",
+        format!("PSNR vs {reference}")
+    );
+    for r in rows {
+        println!("{:<36} {:>10.2} {:>10.3} {:>14.2}", r.name, r.mean_steps, r.pass, r.psnr);
+    }
+}
