@@ -389,27 +389,20 @@ fn run_job(args: JobArgs) -> Result<()> {
 
     let shard = args.shard.unwrap_or(Shard::ALL);
     let done = read_records(&args.out, &manifest)?;
-    let todo: Vec<usize> =
-        (0..manifest.blocks()).filter(|&b| shard.owns(b) && !done.contains_key(&b)).collect();
+    let plan = work(&args.out).plan(shard, manifest.blocks(), manifest.batch, &done);
     let block_len = |b: usize| manifest.block_len(b);
-    let units: usize = todo.iter().map(|&b| block_len(b) * configs.len()).sum();
+    let units: usize = plan.todo.iter().map(|&b| block_len(b) * configs.len()).sum();
     eprintln!(
-        "distilling {} solver x NFE schedules from {} samples ({} blocks of {}; {} done, {} to do in shard {}/{}) into {}",
+        "distilling {} solver x NFE schedules from {} samples ({plan}) into {}",
         configs.len(),
         manifest.samples,
-        manifest.blocks(),
-        manifest.batch,
-        done.len(),
-        todo.len(),
-        shard.index,
-        shard.count,
         args.out.display()
     );
     let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(units as u64) };
     bar.set_style(ProgressStyle::with_template(
         "{bar:30} {pos}/{len} sample schedules [{elapsed_precise}<{eta_precise}] {msg}",
     )?);
-    for block in todo {
+    for &block in &plan.todo {
         let first = block * manifest.batch;
         let seeds: Vec<u64> = (first..first + block_len(block)).map(|i| manifest.seed + i as u64).collect();
         let dims: Vec<usize> = std::iter::once(seeds.len()).chain(manifest.latent.iter().copied()).collect();
@@ -460,18 +453,9 @@ fn run_job(args: JobArgs) -> Result<()> {
     }
     bar.finish_and_clear();
     let done = read_records(&args.out, &manifest)?;
-    let missing = (0..manifest.blocks()).filter(|b| !done.contains_key(b)).count();
-    if missing == 0 {
+    if work(&args.out).finished(shard, manifest.blocks(), &done) {
         write_schedules(&args.out, &manifest)
     } else {
-        eprintln!(
-            "shard {}/{} done; {} blocks of other shards remain. When every shard has finished: \
-             stride distill merge --out {}",
-            shard.index,
-            shard.count,
-            missing,
-            args.out.display()
-        );
         Ok(())
     }
 }

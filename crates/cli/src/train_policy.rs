@@ -308,20 +308,13 @@ fn run_job(args: JobArgs) -> Result<()> {
 
     let shard = args.shard.unwrap_or(Shard::ALL);
     let done = work.read_blocks::<Record>(manifest.blocks(), |b| manifest.block_len(b))?;
-    let todo: Vec<usize> =
-        (0..manifest.blocks()).filter(|&b| shard.owns(b) && !done.contains_key(&b)).collect();
-    let items: usize = todo.iter().map(|&b| manifest.block_len(b)).sum();
+    let plan = work.plan(shard, manifest.blocks(), manifest.batch, &done);
+    let items: usize = plan.todo.iter().map(|&b| manifest.block_len(b)).sum();
     eprintln!(
-        "reward table: {} prompts x {} seeds at {} step counts ({} blocks of {}; {} done, {} to do in shard {}/{}) in {}",
+        "reward table: {} prompts x {} seeds at {} step counts ({plan}) in {}",
         manifest.prompts.len(),
         manifest.seeds,
         manifest.options.len(),
-        manifest.blocks(),
-        manifest.batch,
-        done.len(),
-        todo.len(),
-        shard.index,
-        shard.count,
         args.out.display()
     );
     let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(items as u64) };
@@ -333,22 +326,14 @@ fn run_job(args: JobArgs) -> Result<()> {
         .iter()
         .map(|p| stride_shapes::Request::parse(p).map_err(|e| anyhow::anyhow!("prompt `{p}`: {e}")))
         .collect::<Result<_>>()?;
-    for block in todo {
+    for &block in &plan.todo {
         let records = score_block(&model, &manifest, &sampler, &sigmas, &requests, block, &device)?;
         work.append(shard, &records)?;
         bar.inc(records.len() as u64);
     }
     bar.finish_and_clear();
     let done = work.read_blocks::<Record>(manifest.blocks(), |b| manifest.block_len(b))?;
-    let missing = (0..manifest.blocks()).filter(|b| !done.contains_key(b)).count();
-    if missing > 0 {
-        eprintln!(
-            "shard {}/{} done; {missing} blocks of other shards remain. When every shard has finished: \
-             stride train-policy merge --out {}",
-            shard.index,
-            shard.count,
-            args.out.display()
-        );
+    if !work.finished(shard, manifest.blocks(), &done) {
         return Ok(());
     }
     fit_and_save(&args.out, &manifest, &args.training, &device, args.quiet)

@@ -44,6 +44,30 @@ impl FromStr for Shard {
     }
 }
 
+/// The blocks a shard still has to do.
+pub struct Plan {
+    pub todo: Vec<usize>,
+    done: usize,
+    blocks: usize,
+    batch: usize,
+    shard: Shard,
+}
+
+impl std::fmt::Display for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} blocks of {}; {} done, {} to do in shard {}/{}",
+            self.blocks,
+            self.batch,
+            self.done,
+            self.todo.len(),
+            self.shard.index,
+            self.shard.count
+        )
+    }
+}
+
 /// A line of a records file: one item of one block.
 pub trait Record: Serialize + DeserializeOwned {
     fn block(&self) -> usize;
@@ -158,7 +182,29 @@ impl WorkDir<'_> {
         Ok(by_block)
     }
 
-    /// The blocks of `0..blocks` not in `done`, or an error saying how to finish them.
+    /// What shard `shard` still has to do of `blocks` blocks of `batch` items.
+    pub fn plan<R>(&self, shard: Shard, blocks: usize, batch: usize, done: &BTreeMap<usize, Vec<R>>) -> Plan {
+        let todo = (0..blocks).filter(|&b| shard.owns(b) && !done.contains_key(&b)).collect();
+        Plan { todo, done: done.len(), blocks, batch, shard }
+    }
+
+    /// After a shard's run: true when every block is done; otherwise says how to finish.
+    pub fn finished<R>(&self, shard: Shard, blocks: usize, done: &BTreeMap<usize, Vec<R>>) -> bool {
+        let missing = (0..blocks).filter(|b| !done.contains_key(b)).count();
+        if missing > 0 {
+            eprintln!(
+                "shard {}/{} done; {missing} blocks of other shards remain. When every shard has finished: \
+                 {} merge --out {}",
+                shard.index,
+                shard.count,
+                self.command,
+                self.out.display()
+            );
+        }
+        missing == 0
+    }
+
+    /// An error unless every block of `0..blocks` is in `done`.
     pub fn require_all<R>(&self, blocks: usize, done: &BTreeMap<usize, Vec<R>>) -> Result<()> {
         let missing: Vec<usize> = (0..blocks).filter(|b| !done.contains_key(b)).collect();
         if !missing.is_empty() {
