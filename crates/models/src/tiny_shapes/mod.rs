@@ -51,7 +51,9 @@ pub struct Tokens {
 impl TinyShapes {
     /// The folder shipped in this repository.
     pub fn default_dir() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/tiny-shapes")
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/tiny-shapes");
+        // Without the `crates/models/../..` detour in messages, when it exists.
+        dir.canonicalize().unwrap_or(dir)
     }
 
     /// Loads `config.json`, `tokenizer.json` and `model.safetensors` from `dir`.
