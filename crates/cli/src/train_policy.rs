@@ -8,6 +8,7 @@
 //! `OUT/work/records-I-of-N.jsonl`, settings pinned in `OUT/work/job.json`. Then the policy is
 //! trained on the cached table (a contextual bandit: no model calls) and saved to `OUT`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -237,11 +238,17 @@ fn work(out: &Path) -> WorkDir<'_> {
     WorkDir { out, command: "stride train-policy" }
 }
 
+/// Every complete block of the table.
+fn read_table(out: &Path, manifest: &Manifest) -> Result<BTreeMap<usize, Vec<Record>>> {
+    work(out).read_blocks(manifest.blocks(), |b| manifest.block_len(b))
+}
+
 pub fn run(args: Args) -> Result<()> {
     match args.command {
         Some(PolicyCommand::Merge { out, training }) => {
             let manifest: Manifest = work(&out).read_manifest()?;
-            fit_and_save(&out, &manifest, &training, &Device::Cpu, false)
+            let done = read_table(&out, &manifest)?;
+            fit_and_save(&out, &manifest, done, &training, &Device::Cpu, false)
         }
         None => run_job(args.job),
     }
@@ -307,7 +314,7 @@ fn run_job(args: JobArgs) -> Result<()> {
     work.pin_manifest(&manifest)?;
 
     let shard = args.shard.unwrap_or(Shard::ALL);
-    let done = work.read_blocks::<Record>(manifest.blocks(), |b| manifest.block_len(b))?;
+    let done = read_table(&args.out, &manifest)?;
     let plan = work.plan(shard, manifest.blocks(), manifest.batch, &done);
     let items: usize = plan.todo.iter().map(|&b| manifest.block_len(b)).sum();
     eprintln!(
@@ -332,11 +339,11 @@ fn run_job(args: JobArgs) -> Result<()> {
         bar.inc(records.len() as u64);
     }
     bar.finish_and_clear();
-    let done = work.read_blocks::<Record>(manifest.blocks(), |b| manifest.block_len(b))?;
+    let done = read_table(&args.out, &manifest)?;
     if !work.finished(shard, manifest.blocks(), &done) {
         return Ok(());
     }
-    fit_and_save(&args.out, &manifest, &args.training, &device, args.quiet)
+    fit_and_save(&args.out, &manifest, done, &args.training, &device, args.quiet)
 }
 
 /// The training prompts: the file's lines, or distinct training-distribution prompts.
@@ -445,13 +452,12 @@ pub const FEATURES: &str = "tiny-shapes text encoder: per-token outputs and mask
 fn fit_and_save(
     out: &Path,
     manifest: &Manifest,
+    done: BTreeMap<usize, Vec<Record>>,
     training: &TrainingArgs,
     device: &Device,
     quiet: bool,
 ) -> Result<()> {
-    let work = work(out);
-    let done = work.read_blocks::<Record>(manifest.blocks(), |b| manifest.block_len(b))?;
-    work.require_all(manifest.blocks(), &done)?;
+    work(out).require_all(manifest.blocks(), &done)?;
     let records: Vec<Record> = done.into_values().flatten().collect();
     let reward = training.reward()?;
     let settings = training.settings()?;
