@@ -43,3 +43,18 @@ pub fn reset_peak() -> usize {
 pub fn peak() -> usize {
     PEAK.load(Relaxed)
 }
+
+/// Keeps freed memory in glibc's heap instead of handing it back to the kernel. Tensor
+/// buffers of a few MB are allocated and freed thousands of times a second; by default glibc
+/// serves them with fresh `mmap`s or trims the heap after them, so every step pays page faults
+/// and kernel zeroing again (measured: 9-11% of a tiny-shapes training step on 2 cores).
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes glibc's tuning parameters; it is called before any threads
+    // are started.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+    }
+}

@@ -50,6 +50,7 @@ enum Command {
 }
 
 fn main() {
+    alloc::keep_freed_memory();
     if let Err(err) = run(Cli::parse()) {
         eprintln!("error: {err:#}");
         std::process::exit(1);
