@@ -1,5 +1,8 @@
 //! Flow-matching loss of a model folder on training samples with their own prompts, with
 //! the prompts of other samples, and with the empty prompt: how much the model uses the text.
+//! On the samples whose prompt names a background, also: the background colour word swapped
+//! with an object's colour word ("a red circle on a blue background" -> "a blue circle on a
+//! red background"), which only a model that binds colours to their nouns can tell apart.
 //! `cargo run --release -p stride-models --example probe_loss -- MODEL_DIR`
 use candle_core::{Device, Tensor};
 use stride_models::TinyShapes;
@@ -12,7 +15,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let samples: Vec<_> = (0..n).map(|i| world.sample(10_000_000 + i as u64)).collect();
     let pixels: Vec<f32> = samples.iter().flat_map(|s| stride_shapes::render(&s.scene).into_chw()).collect();
     let x0 = Tensor::from_vec(pixels, (n, 3, 32, 32), &Device::Cpu)?;
-    let eps = Tensor::randn(0f32, 1.0, (n, 3, 32, 32), &Device::Cpu)?;
+    let eps = stride_solvers::TorchGenerator::new(0).randn(n * 3 * 32 * 32);
+    let eps = Tensor::from_vec(eps, (n, 3, 32, 32), &Device::Cpu)?;
     for t in [0.95f32, 0.8, 0.5, 0.2] {
         let xt = ((&x0 * (1.0 - t) as f64)? + (&eps * t as f64)?)?;
         let target = (&eps - &x0)?;
@@ -29,6 +33,39 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             line += &format!("  {name} {loss:.4}");
         }
         println!("{line}");
+        let (bound, swapped): (Vec<&str>, Vec<String>) =
+            own.iter().filter_map(|p| Some((*p, swap_background(p)?))).unzip();
+        let keep: Vec<usize> =
+            own.iter().enumerate().filter(|(_, p)| swap_background(p).is_some()).map(|(i, _)| i).collect();
+        let keep = Tensor::new(keep.iter().map(|&i| i as u32).collect::<Vec<_>>(), &Device::Cpu)?;
+        let (xt, target, tt) =
+            (xt.index_select(&keep, 0)?, target.index_select(&keep, 0)?, tt.index_select(&keep, 0)?);
+        let swapped: Vec<&str> = swapped.iter().map(String::as_str).collect();
+        let mut line = format!("t {t}, {} prompts with a background:", bound.len());
+        for (name, prompts) in [("own", &bound), ("colours swapped", &swapped)] {
+            let tok = model.tokenize(prompts)?;
+            let text = model.net.text.forward(&tok.ids, &tok.mask)?;
+            let pred = model.net.forward(&xt, &tt, &text, &tok.mask)?;
+            let loss = (pred - &target)?.sqr()?.mean_all()?.to_scalar::<f32>()?;
+            line += &format!("  {name} {loss:.4}");
+        }
+        println!("{line}");
     }
     Ok(())
+}
+
+/// The prompt with its background colour and its first other colour word exchanged, when
+/// they differ.
+fn swap_background(prompt: &str) -> Option<String> {
+    let colours: Vec<&str> = stride_shapes::Color::ALL.iter().map(|c| c.name()).collect();
+    let mut words: Vec<&str> = prompt.split(' ').collect();
+    let background = words.iter().position(|w| w.trim_end_matches(',') == "background")? - 1;
+    let object = words[..background].iter().position(|w| colours.contains(&w.trim_end_matches(',')))?;
+    let (a, b) = (words[object].trim_end_matches(','), words[background]);
+    if a == b || words[object].ends_with(',') {
+        return None;
+    }
+    words[object] = b;
+    words[background] = a;
+    Some(words.join(" "))
 }

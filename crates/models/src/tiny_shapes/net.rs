@@ -255,7 +255,7 @@ impl TextEncoder {
             .collect::<Result<_>>()?;
         Ok(Self {
             tokens: embedding(c.vocab_size, c.text_dim, vb.pp("tokens"))?,
-            positions: vb.get_with_hints((1, c.max_tokens, c.text_dim), "positions", POSITION_INIT)?,
+            positions: vb.get_with_hints((1, c.max_tokens, c.text_dim), "positions", TEXT_POSITION_INIT)?,
             layers,
             norm: LayerNorm::new(c.text_dim, vb.pp("norm"))?,
         })
@@ -340,7 +340,7 @@ impl Dit {
         let patch_dim = c.channels * c.patch * c.patch;
         Ok(Self {
             patch_in: linear(patch_dim, c.dim, vb.pp("patch_in"))?,
-            positions: vb.get_with_hints((1, c.tokens(), c.dim), "positions", POSITION_INIT)?,
+            positions: vb.get_with_hints((1, c.tokens(), c.dim), "positions", IMAGE_POSITION_INIT)?,
             blocks: blocks(c, &vb)?,
             final_modulation: zero_linear(c.dim, 2 * c.dim, vb.pp("final_modulation"))?,
             patch_out: zero_linear(c.dim, patch_dim, vb.pp("patch_out"))?,
@@ -461,7 +461,7 @@ impl Unet {
             patch_in: linear(patch_dim, widths[0], vb.pp("patch_in"))?,
             encoder: per_level("encoder", &|i, vb| ResBlock::new(widths[i], widths[i], c.dim, vb))?,
             down: projections("down", &|i| (4 * widths[i], widths[i + 1]))?,
-            positions: vb.get_with_hints((1, c.tokens(), c.dim), "positions", POSITION_INIT)?,
+            positions: vb.get_with_hints((1, c.tokens(), c.dim), "positions", IMAGE_POSITION_INIT)?,
             blocks: blocks(c, &vb)?,
             up: projections("up", &|i| (widths[i + 1], 4 * widths[i]))?,
             decoder: per_level("decoder", &|i, vb| ResBlock::new(2 * widths[i], widths[i], c.dim, vb))?,
@@ -498,7 +498,13 @@ impl Unet {
     }
 }
 
-const POSITION_INIT: candle_nn::Init = candle_nn::Init::Randn { mean: 0.0, stdev: 0.02 };
+// Position embeddings start at the scale of what they are added to. At std 0.02 beside word
+// embeddings of std 1 (candle's `embedding` init) and image tokens of std ~0.3 (the input
+// projections' output at init), word order and place were 2-6% of each token: a U-Net trained
+// that way for 5500 steps used the prompt's words but not their order (swapping the object's
+// and the background's colour words left the loss unchanged; `probe_loss`).
+const TEXT_POSITION_INIT: candle_nn::Init = candle_nn::Init::Randn { mean: 0.0, stdev: 1.0 };
+const IMAGE_POSITION_INIT: candle_nn::Init = candle_nn::Init::Randn { mean: 0.0, stdev: 0.3 };
 
 fn blocks(c: &Config, vb: &VarBuilder) -> Result<Vec<Block>> {
     (0..c.depth).map(|i| Block::new(c, vb.pp(format!("blocks.{i}")))).collect()
