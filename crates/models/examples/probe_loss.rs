@@ -17,39 +17,35 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let x0 = Tensor::from_vec(pixels, (n, 3, 32, 32), &Device::Cpu)?;
     let eps = stride_solvers::TorchGenerator::new(0).randn(n * 3 * 32 * 32);
     let eps = Tensor::from_vec(eps, (n, 3, 32, 32), &Device::Cpu)?;
+    let own: Vec<&str> = samples.iter().map(|s| s.prompt.text.as_str()).collect();
+    let shifted: Vec<&str> = (0..n).map(|i| own[(i + 1) % n]).collect();
+    let empty: Vec<&str> = vec![""; n];
+    let (with_background, swapped): (Vec<usize>, Vec<String>) =
+        own.iter().enumerate().filter_map(|(i, p)| Some((i, swap_background(p)?))).unzip();
+    let bound: Vec<&str> = with_background.iter().map(|&i| own[i]).collect();
+    let swapped: Vec<&str> = swapped.iter().map(String::as_str).collect();
+    let keep = Tensor::new(with_background.iter().map(|&i| i as u32).collect::<Vec<_>>(), &Device::Cpu)?;
     for t in [0.95f32, 0.8, 0.5, 0.2] {
         let xt = ((&x0 * (1.0 - t) as f64)? + (&eps * t as f64)?)?;
         let target = (&eps - &x0)?;
-        let tt = Tensor::full(t, n, &Device::Cpu)?;
-        let own: Vec<&str> = samples.iter().map(|s| s.prompt.text.as_str()).collect();
-        let shifted: Vec<&str> = (0..n).map(|i| own[(i + 1) % n]).collect();
-        let empty: Vec<&str> = vec![""; n];
-        let mut line = format!("t {t}:");
-        for (name, prompts) in [("own", &own), ("other", &shifted), ("empty", &empty)] {
-            let tok = model.tokenize(prompts)?;
-            let text = model.net.text.forward(&tok.ids, &tok.mask)?;
-            let pred = model.net.forward(&xt, &tt, &text, &tok.mask)?;
-            let loss = (pred - &target)?.sqr()?.mean_all()?.to_scalar::<f32>()?;
-            line += &format!("  {name} {loss:.4}");
-        }
-        println!("{line}");
-        let (bound, swapped): (Vec<&str>, Vec<String>) =
-            own.iter().filter_map(|p| Some((*p, swap_background(p)?))).unzip();
-        let keep: Vec<usize> =
-            own.iter().enumerate().filter(|(_, p)| swap_background(p).is_some()).map(|(i, _)| i).collect();
-        let keep = Tensor::new(keep.iter().map(|&i| i as u32).collect::<Vec<_>>(), &Device::Cpu)?;
-        let (xt, target, tt) =
-            (xt.index_select(&keep, 0)?, target.index_select(&keep, 0)?, tt.index_select(&keep, 0)?);
-        let swapped: Vec<&str> = swapped.iter().map(String::as_str).collect();
-        let mut line = format!("t {t}, {} prompts with a background:", bound.len());
-        for (name, prompts) in [("own", &bound), ("colours swapped", &swapped)] {
-            let tok = model.tokenize(prompts)?;
-            let text = model.net.text.forward(&tok.ids, &tok.mask)?;
-            let pred = model.net.forward(&xt, &tt, &text, &tok.mask)?;
-            let loss = (pred - &target)?.sqr()?.mean_all()?.to_scalar::<f32>()?;
-            line += &format!("  {name} {loss:.4}");
-        }
-        println!("{line}");
+        // The loss of each named prompt set on the rows `rows` of this noise level.
+        let losses = |rows: Option<&Tensor>, sets: &[(&str, &Vec<&str>)]| -> candle_core::Result<String> {
+            let select = |x: &Tensor| rows.map_or(Ok(x.clone()), |r| x.index_select(r, 0));
+            let (xt, target) = (select(&xt)?, select(&target)?);
+            let tt = Tensor::full(t, xt.dim(0)?, &Device::Cpu)?;
+            let mut line = String::new();
+            for (name, prompts) in sets {
+                let tok = model.tokenize(prompts).map_err(candle_core::Error::wrap)?;
+                let text = model.net.text.forward(&tok.ids, &tok.mask)?;
+                let pred = model.net.forward(&xt, &tt, &text, &tok.mask)?;
+                let loss = (pred - &target)?.sqr()?.mean_all()?.to_scalar::<f32>()?;
+                line += &format!("  {name} {loss:.4}");
+            }
+            Ok(line)
+        };
+        println!("t {t}:{}", losses(None, &[("own", &own), ("other", &shifted), ("empty", &empty)])?);
+        let line = losses(Some(&keep), &[("own", &bound), ("colours swapped", &swapped)])?;
+        println!("t {t}, {} prompts with a background:{line}", bound.len());
     }
     Ok(())
 }
