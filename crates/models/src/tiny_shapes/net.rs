@@ -498,11 +498,12 @@ impl Unet {
     }
 }
 
-// Position embeddings start at the scale of what they are added to. At std 0.02 beside word
-// embeddings of std 1 (candle's `embedding` init) and image tokens of std ~0.3 (the input
-// projections' output at init), word order and place were 2-6% of each token: a U-Net trained
-// that way for 5500 steps used the prompt's words but not their order (swapping the object's
-// and the background's colour words left the loss unchanged; `probe_loss`).
+// Position embeddings start near the scale of what they are added to. At std 0.02 beside word
+// embeddings of std 1 (candle's `embedding` init) and image tokens of std ~0.8 (LeCun-normal
+// projections of inputs of std 0.7-1), word order and place were 2% of each token: a U-Net
+// trained that way for 5500 steps used the prompt's words but not their order (swapping the
+// object's and the background's colour words left the loss unchanged; `probe_loss`). Text
+// positions now match the words; image positions start at 0.3, 15 times the old scale.
 const TEXT_POSITION_INIT: candle_nn::Init = candle_nn::Init::Randn { mean: 0.0, stdev: 1.0 };
 const IMAGE_POSITION_INIT: candle_nn::Init = candle_nn::Init::Randn { mean: 0.0, stdev: 0.3 };
 
