@@ -26,9 +26,8 @@ use stride_solvers::{
     Denoiser, NoiseSchedule, NoiseSource, Parameterization, Sampler, SamplerKind, Sigmas, TorchNoise,
 };
 
-use crate::device::DeviceArg;
 use crate::schedules::model_hash;
-use crate::work::{Shard, WorkDir};
+use crate::work::{RunArgs, Shard, WorkDir};
 
 #[derive(clap::Args)]
 #[command(
@@ -109,14 +108,8 @@ struct JobArgs {
     /// Output folder: the schedule files, and work/ with the job's checkpoint.
     #[arg(long, default_value = "models/tiny-shapes/schedules")]
     out: PathBuf,
-    /// Run only shard I of N (0-based), e.g. 3/8; combine with `stride distill merge`.
-    #[arg(long)]
-    shard: Option<Shard>,
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-    device: DeviceArg,
-    /// No progress bar.
-    #[arg(long)]
-    quiet: bool,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 /// Everything that determines a job's results, pinned in `work/job.json`.
@@ -328,7 +321,7 @@ fn run_job(args: JobArgs) -> Result<()> {
     anyhow::ensure!(!args.solver.is_empty() && !args.nfe.is_empty(), "give at least one --solver and --nfe");
     args.aggregate.parse::<Aggregate>()?;
     let prompts = calibration_prompts(&args)?;
-    let device = args.device.open()?;
+    let device = args.run.device.open()?;
     let loaded = load_model(&args, &device)?;
     let texts: Vec<&str> = prompts.iter().map(String::as_str).collect();
     let (guided, latent, model_id, model_hash): (Box<dyn PromptDenoiser + '_>, Vec<usize>, String, String) =
@@ -382,12 +375,12 @@ fn run_job(args: JobArgs) -> Result<()> {
         distance: args.distance.clone(),
         aggregate: args.aggregate.clone(),
         batch: args.batch,
-        device: args.device.name().into(),
+        device: args.run.device.name().into(),
     };
     let configs = manifest.configs()?;
     work(&args.out).pin_manifest(&manifest)?;
 
-    let shard = args.shard.unwrap_or(Shard::ALL);
+    let shard = args.run.shard.unwrap_or(Shard::ALL);
     let done = read_records(&args.out, &manifest)?;
     let plan = work(&args.out).plan(shard, manifest.blocks(), manifest.batch, &done);
     let block_len = |b: usize| manifest.block_len(b);
@@ -398,7 +391,7 @@ fn run_job(args: JobArgs) -> Result<()> {
         manifest.samples,
         args.out.display()
     );
-    let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(units as u64) };
+    let bar = if args.run.quiet { ProgressBar::hidden() } else { ProgressBar::new(units as u64) };
     bar.set_style(ProgressStyle::with_template(
         "{bar:30} {pos}/{len} sample schedules [{elapsed_precise}<{eta_precise}] {msg}",
     )?);
@@ -464,13 +457,7 @@ fn run_job(args: JobArgs) -> Result<()> {
 /// training-distribution prompts of the shapes world with seed 1.
 fn calibration_prompts(args: &JobArgs) -> Result<Vec<String>> {
     let prompts: Vec<String> = match &args.prompts {
-        Some(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("reading prompts from {}", path.display()))?
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(String::from)
-            .collect(),
+        Some(path) => crate::work::prompt_lines(path)?,
         None => World::new(1).samples(0).map(|s| s.prompt.text).take(args.samples).collect(),
     };
     anyhow::ensure!(!prompts.is_empty(), "no prompts in the prompts file");

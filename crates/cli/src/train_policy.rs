@@ -23,8 +23,7 @@ use stride_policy::{
 use stride_shapes::{check, World};
 use stride_solvers::{Denoiser, Sampler, Scheduler, Sigmas, TorchNoise};
 
-use crate::device::DeviceArg;
-use crate::work::{Shard, WorkDir};
+use crate::work::{RunArgs, Shard, WorkDir};
 
 #[derive(clap::Args)]
 #[command(
@@ -90,14 +89,8 @@ struct JobArgs {
     /// Output folder: policy.safetensors, policy.json, and work/ with the table.
     #[arg(long, default_value = "models/tiny-shapes/policy")]
     out: PathBuf,
-    /// Run only shard I of N (0-based); train with `stride train-policy merge`.
-    #[arg(long)]
-    shard: Option<Shard>,
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-    device: DeviceArg,
-    /// No progress bar.
-    #[arg(long)]
-    quiet: bool,
+    #[command(flatten)]
+    run: RunArgs,
     #[command(flatten)]
     training: TrainingArgs,
 }
@@ -275,7 +268,7 @@ fn run_job(args: JobArgs) -> Result<()> {
     args.training.reward()?;
     args.training.settings()?;
     let sampler: Sampler = args.sampler.parse()?;
-    let device = args.device.open()?;
+    let device = args.run.device.open()?;
     let dir = model_dir(&args.model);
     let model = TinyShapes::load(&dir, &device)
         .with_context(|| format!("loading the model from {}", dir.display()))?;
@@ -308,12 +301,12 @@ fn run_job(args: JobArgs) -> Result<()> {
             .collect(),
         cfg_scale: args.cfg_scale,
         batch: args.batch,
-        device: args.device.name().into(),
+        device: args.run.device.name().into(),
     };
     let work = work(&args.out);
     work.pin_manifest(&manifest)?;
 
-    let shard = args.shard.unwrap_or(Shard::ALL);
+    let shard = args.run.shard.unwrap_or(Shard::ALL);
     let done = read_table(&args.out, &manifest)?;
     let plan = work.plan(shard, manifest.blocks(), manifest.batch, &done);
     let items: usize = plan.todo.iter().map(|&b| manifest.block_len(b)).sum();
@@ -324,7 +317,7 @@ fn run_job(args: JobArgs) -> Result<()> {
         manifest.options.len(),
         args.out.display()
     );
-    let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(items as u64) };
+    let bar = if args.run.quiet { ProgressBar::hidden() } else { ProgressBar::new(items as u64) };
     bar.set_style(ProgressStyle::with_template(
         "{bar:30} {pos}/{len} (prompt, seed) items [{elapsed_precise}<{eta_precise}]",
     )?);
@@ -343,19 +336,13 @@ fn run_job(args: JobArgs) -> Result<()> {
     if !work.finished(shard, manifest.blocks(), &done) {
         return Ok(());
     }
-    fit_and_save(&args.out, &manifest, done, &args.training, &device, args.quiet)
+    fit_and_save(&args.out, &manifest, done, &args.training, &device, args.run.quiet)
 }
 
 /// The training prompts: the file's lines, or distinct training-distribution prompts.
 fn training_prompts(args: &JobArgs) -> Result<Vec<String>> {
     let prompts: Vec<String> = match &args.prompts {
-        Some(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("reading prompts from {}", path.display()))?
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(String::from)
-            .collect(),
+        Some(path) => crate::work::prompt_lines(path)?,
         None => {
             let mut seen = std::collections::HashSet::new();
             World::new(2)

@@ -16,6 +16,19 @@ use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+/// The flags every resumable, shardable job takes (`distill`, `train-policy`).
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Run only shard I of N (0-based), e.g. 3/8; then the job's `merge` subcommand.
+    #[arg(long)]
+    pub shard: Option<Shard>,
+    #[arg(long, value_enum, default_value_t = crate::device::DeviceArg::Cpu)]
+    pub device: crate::device::DeviceArg,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
 /// `I/N`: this process runs the blocks whose index is I modulo N.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Shard {
@@ -215,4 +228,16 @@ impl WorkDir<'_> {
         }
         Ok(())
     }
+}
+
+/// A prompt file's lines: trimmed, without blank lines and `#` comments.
+pub fn prompt_lines(path: &Path) -> Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading prompts from {}", path.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect())
 }
