@@ -1,5 +1,6 @@
 //! Flow-matching loss of a model folder on training samples with their own prompts, with
 //! the prompts of other samples, and with the empty prompt: how much the model uses the text.
+//! At t = 0.99 the image is all but pure noise: only the prompt can tell the model what to draw.
 //! On the samples whose prompt names a background, also: the background colour word swapped
 //! with an object's colour word ("a red circle on a blue background" -> "a blue circle on a
 //! red background"), which only a model that binds colours to their nouns can tell apart.
@@ -25,7 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bound: Vec<&str> = with_background.iter().map(|&i| own[i]).collect();
     let swapped: Vec<&str> = swapped.iter().map(String::as_str).collect();
     let keep = Tensor::new(with_background.iter().map(|&i| i as u32).collect::<Vec<_>>(), &Device::Cpu)?;
-    for t in [0.95f32, 0.8, 0.5, 0.2] {
+    for t in [0.99f32, 0.95, 0.8, 0.5, 0.2] {
         let xt = ((&x0 * (1.0 - t) as f64)? + (&eps * t as f64)?)?;
         let target = (&eps - &x0)?;
         // The loss of each named prompt set on the rows `rows` of this noise level.

@@ -170,6 +170,12 @@ impl TorchGenerator {
         out
     }
 
+    /// The values of `torch.rand(numel)` (float32, uniform in [0, 1)): one engine draw each,
+    /// its low 24 bits scaled, in order (torch's CPU uniform kernel is serial).
+    pub fn rand(&mut self, numel: usize) -> Vec<f32> {
+        (0..numel).map(|_| self.uniform_f32()).collect()
+    }
+
     /// The values of `torch.randn(numel, dtype=torch.float64)`.
     pub fn randn_f64(&mut self, numel: usize) -> Vec<f64> {
         let mut out = vec![0.0f64; numel];
@@ -490,6 +496,17 @@ mod tests {
             last = mt.next_u32();
         }
         assert_eq!(last, 4_123_659_995);
+    }
+
+    #[test]
+    fn rand_matches_torch() {
+        // torch 2.15: torch.manual_seed(7); torch.randn(3); torch.rand(5); torch.rand(20)[-3:],
+        // float32 values printed by numpy (shortest round trip, so exact). The randn call in
+        // between checks that rand continues the stream where a scalar-path randn left it.
+        let mut g = TorchGenerator::new(7);
+        assert_eq!(g.randn(3), [-0.1467951, 0.7861413, 0.94682163]);
+        assert_eq!(g.rand(5), [0.36531615, 0.85126835, 0.85494316, 0.5509352, 0.286839]);
+        assert_eq!(g.rand(20)[17..], [0.8559429, 0.67208457, 0.6266506]);
     }
 
     #[test]
