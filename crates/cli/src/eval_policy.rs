@@ -98,10 +98,25 @@ pub fn run(args: Args) -> Result<()> {
     policy.check_model(&policy_dir, &hash)?;
     let distilled_dir =
         args.distilled_policy.clone().unwrap_or_else(|| args.model_dir.join("policy-distilled"));
-    let distilled = match Policy::load(&distilled_dir, &device) {
-        Ok(p) => Some(p),
-        Err(_) if args.distilled_policy.is_none() => None,
-        Err(e) => return Err(e.into()),
+    // The default distilled policy is optional; one that is there must load.
+    let distilled = if args.distilled_policy.is_none() && !distilled_dir.exists() {
+        None
+    } else {
+        let distilled = Policy::load(&distilled_dir, &device)?;
+        distilled.check_model(&distilled_dir, &hash)?;
+        let (d, s) = (&distilled.sidecar, &policy.sidecar);
+        anyhow::ensure!(
+            d.sampler == s.sampler && d.cfg_scale == s.cfg_scale,
+            "{} was trained for {} at cfg {}, {} for {} at cfg {}: row (f) compares schedules of \
+             one solver",
+            distilled_dir.display(),
+            d.sampler,
+            d.cfg_scale,
+            policy_dir.display(),
+            s.sampler,
+            s.cfg_scale
+        );
+        Some(distilled)
     };
     let mut prompts = stride_shapes::read_prompts(&args.prompts)
         .with_context(|| format!("reading prompts from {}", args.prompts.display()))?;
@@ -130,13 +145,17 @@ pub fn run(args: Args) -> Result<()> {
         args: &args,
         device: &device,
     };
-    let reference = run.images(&uniform(&model, args.reference_steps)?)?;
+    let schedule = model.denoiser(&["a"], 1.0)?.schedule().clone();
+    let sigmas = |scheduler: &str, steps: usize| {
+        crate::schedules::option_sigmas(&args.model_dir, &schedule, &side.sampler, scheduler, steps)
+    };
+    let reference = run.images(&Scheduler::Uniform.sigmas(&schedule, args.reference_steps)?)?;
     let column = |steps: usize, sigmas: &Sigmas| -> Result<Column> {
         let images = run.images(sigmas)?;
         Ok(Column { steps, passed: run.passed(&images)?, psnr: psnr(&images, &reference)? })
     };
     let mut columns: Vec<Column> =
-        options.iter().map(|&n| column(n, &uniform(&model, n)?)).collect::<Result<_>>()?;
+        options.iter().map(|&n| column(n, &sigmas(&side.scheduler, n)?)).collect::<Result<_>>()?;
     let mut rows: Vec<Row> = Vec::new();
     let policy_row = row("(a) policy", &columns, &chosen);
     for (o, &n) in options.iter().enumerate() {
@@ -146,7 +165,7 @@ pub fn run(args: Args) -> Result<()> {
     let matched_column = match options.iter().position(|&n| n == matched) {
         Some(o) => o,
         None => {
-            columns.push(column(matched, &uniform(&model, matched)?)?);
+            columns.push(column(matched, &sigmas(&side.scheduler, matched)?)?);
             columns.len() - 1
         }
     };
@@ -160,16 +179,11 @@ pub fn run(args: Args) -> Result<()> {
     let richness: Vec<usize> = prompts.iter().map(|p| p.request.richness()).collect();
     let mut series = vec![choice_by_richness("policy", &richness, &chosen, &options)];
     if let Some(distilled) = &distilled {
-        distilled.check_model(&distilled_dir, &hash)?;
         let picks = distilled.net.choose(&features, &mask)?;
         let d_options = &distilled.sidecar.config.options;
         let mut d_columns = Vec::new();
         for &n in d_options {
-            let sigmas = match crate::schedules::shipped_exact(&args.model_dir, &side.sampler, n)? {
-                Some(sigmas) => sigmas,
-                None => uniform(&model, n)?,
-            };
-            d_columns.push(column(n, &sigmas)?);
+            d_columns.push(column(n, &sigmas(&distilled.sidecar.scheduler, n)?)?);
         }
         rows.push(row("(f) policy, distilled schedules", &d_columns, &picks));
         series.push(choice_by_richness("policy over distilled schedules", &richness, &picks, d_options));
@@ -193,15 +207,10 @@ pub fn run(args: Args) -> Result<()> {
                 "name": r.name, "mean_steps": r.mean_steps, "pass_rate": r.pass, "psnr": r.psnr
             })).collect::<Vec<_>>(),
         }));
-        let json = serde_json::to_string_pretty(&sidecar)? + "\n";
-        std::fs::write(policy_dir.join(stride_policy::file::SIDECAR), json)?;
+        Policy::write_sidecar(&policy_dir, &sidecar)?;
         println!("results stored in {}", policy_dir.join(stride_policy::file::SIDECAR).display());
     }
     Ok(())
-}
-
-fn uniform(model: &TinyShapes, steps: usize) -> Result<Sigmas> {
-    Ok(Scheduler::Uniform.sigmas(model.denoiser(&["a"], 1.0)?.schedule(), steps)?)
 }
 
 /// Generates every prompt (batched, prompt i from seed `seed + i`) on a schedule.

@@ -45,11 +45,13 @@ pub struct Args {
     height: Option<u32>,
     /// Sampler (euler, euler_ancestral, heun, ddim, dpmpp_2m, dpmpp_3m, dpmpp_2s,
     /// dpmpp_2s_ancestral, dpmpp_2m_sde, dpmpp_3m_sde; adaptive: adaptive_sde, dpm_adaptive).
-    #[arg(long, default_value = "dpmpp_2m")]
-    sampler: String,
+    /// Default: dpmpp_2m; with --steps auto, the one the step policy was trained for.
+    #[arg(long)]
+    sampler: Option<String>,
     /// Step schedule (uniform, karras, exponential, leading, trailing, ...; flow models start
     /// from pure noise, so uniform is the one that needs no sigma_max). Default: uniform for
-    /// tiny-shapes; leading for Stable Diffusion, trailing for the Turbo models.
+    /// tiny-shapes (with --steps auto, the step policy's); leading for Stable Diffusion,
+    /// trailing for the Turbo models.
     #[arg(long)]
     scheduler: Option<String>,
     /// A custom schedule, comma-separated k-diffusion sigmas (as stable-diffusion.cpp).
@@ -59,7 +61,7 @@ pub struct Args {
     /// shipped with the model for --sampler and --steps.
     #[arg(long)]
     schedule: Option<PathBuf>,
-    /// Use a schedule distilled for another model or solver anyway.
+    /// Use a schedule distilled, or a step policy trained, for another model or solver anyway.
     #[arg(long)]
     force: bool,
     /// A number, or auto: the model's step policy (`stride train-policy`) picks the count per
@@ -81,8 +83,8 @@ pub struct Args {
     /// Model-evaluation cap of the adaptive samplers.
     #[arg(long, default_value_t = 1000)]
     max_nfe: usize,
-    /// Classifier-free guidance (1 = none). Default: 3 for tiny-shapes, 7.5 for SD 1.5 / 2.1,
-    /// 5 for SDXL, 1 for the Turbo models.
+    /// Classifier-free guidance (1 = none). Default: 3 for tiny-shapes (with --steps auto, the
+    /// step policy's), 7.5 for SD 1.5 / 2.1, 5 for SDXL, 1 for the Turbo models.
     #[arg(long)]
     cfg_scale: Option<f64>,
     /// What to steer away from (replaces the empty prompt of classifier-free guidance).
@@ -302,7 +304,7 @@ fn line_params(args: &Args, choice: &Choice, line: &Line, seed: u64) -> Result<P
         !line.prompt.trim().is_empty(),
         "the prompt is empty: describe the image, e.g. \"a red circle\""
     );
-    let sampler = line.sampler.clone().unwrap_or_else(|| args.sampler.clone());
+    let sampler = line.sampler.clone().or_else(|| args.sampler.clone()).unwrap_or_else(|| "dpmpp_2m".into());
     if sampler.parse::<AdaptiveSampler>().is_err() {
         let _: Sampler = sampler.parse()?;
     }
@@ -372,7 +374,9 @@ fn line_params(args: &Args, choice: &Choice, line: &Line, seed: u64) -> Result<P
 }
 
 /// `--steps auto`: the model's step policy picks each line's step count (lines that set their
-/// own keep it), printed; returns the policy folder, recorded in the PNGs.
+/// own keep it), printed, and the solver, schedule and guidance it was trained for wherever
+/// neither the line nor the command line sets them; returns the policy folder, recorded in
+/// the PNGs.
 fn policy_steps(args: &Args, choice: &Choice, lines: &mut [Line]) -> Result<Option<String>> {
     let Choice::Tiny(dir) = choice else {
         bail!("--steps auto needs a step policy, trained for tiny-shapes models (stride train-policy)");
@@ -391,10 +395,25 @@ fn policy_steps(args: &Args, choice: &Choice, lines: &mut [Line]) -> Result<Opti
     let (features, mask) = crate::train_policy::text_features(&model, &texts)?;
     let chosen = policy.net.choose(&features, &mask)?;
     let options = &policy.sidecar.config.options;
+    let side = &policy.sidecar;
     for (line, choice) in lines.iter_mut().zip(chosen) {
         if line.steps.is_none() {
             line.steps = Some(options[choice]);
             eprintln!("step policy: {} steps for \"{}\"", options[choice], line.prompt);
+        }
+        let sampler =
+            line.sampler.get_or_insert_with(|| args.sampler.clone().unwrap_or(side.sampler.clone()));
+        let scheduler =
+            line.scheduler.get_or_insert_with(|| args.scheduler.clone().unwrap_or(side.scheduler.clone()));
+        let cfg_scale = *line.cfg_scale.get_or_insert(args.cfg_scale.unwrap_or(side.cfg_scale));
+        if (sampler.as_str(), scheduler.as_str(), cfg_scale)
+            != (&side.sampler, &side.scheduler, side.cfg_scale)
+        {
+            eprintln!(
+                "note: the step policy chose for {} + {} at cfg {}; \"{}\" runs {sampler} + {scheduler} at cfg \
+                 {cfg_scale}",
+                side.sampler, side.scheduler, side.cfg_scale, line.prompt
+            );
         }
     }
     Ok(Some(policy_dir.display().to_string()))

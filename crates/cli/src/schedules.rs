@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use stride_distill::{Intended, ScheduleFile};
-use stride_solvers::Sigmas;
+use stride_solvers::{NoiseSchedule, Scheduler, Sigmas};
 
 /// Folder, inside a model folder, of the schedules shipped with it (`SOLVER-NFE.json`).
 pub const SHIPPED_DIR: &str = "schedules";
@@ -72,6 +72,25 @@ pub fn shipped_exact(model_dir: &Path, solver: &str, steps: usize) -> Result<Opt
         return Ok(None);
     }
     Ok(Some(ScheduleFile::read(&path)?.sigmas()?))
+}
+
+/// The sigmas of a step policy's option of `steps` steps, as `train-policy` made its reward
+/// table: the named hand-designed scheduler, or `distilled`: the model's distilled schedule
+/// for exactly that count and solver where it has one, uniform where not.
+pub fn option_sigmas(
+    model_dir: &Path,
+    schedule: &NoiseSchedule,
+    solver: &str,
+    scheduler: &str,
+    steps: usize,
+) -> Result<Sigmas> {
+    if scheduler == "distilled" {
+        if let Some(sigmas) = shipped_exact(model_dir, solver, steps)? {
+            return Ok(sigmas);
+        }
+        return Ok(Scheduler::Uniform.sigmas(schedule, steps)?);
+    }
+    Ok(scheduler.parse::<Scheduler>()?.sigmas(schedule, steps)?)
 }
 
 /// The schedule file for `solver` in `dir` (`SOLVER-NFE.json`) whose NFE is closest to `steps`

@@ -21,7 +21,7 @@ use stride_policy::{
     train, Baseline, Objective, Policy, PolicyConfig, PolicyNet, Reward, Sidecar, TrainSettings,
 };
 use stride_shapes::{check, World};
-use stride_solvers::{Denoiser, Sampler, Scheduler, Sigmas, TorchNoise};
+use stride_solvers::{Denoiser, Sampler, Sigmas, TorchNoise};
 
 use crate::work::{RunArgs, Shard, WorkDir};
 
@@ -32,7 +32,7 @@ use crate::work::{RunArgs, Shard, WorkDir};
   stride train-policy                                   # the shipped policy (models/tiny-shapes/policy)
   stride train-policy --prompts train.txt --seeds 4 --out my-policy
   stride train-policy --scheduler distilled --out models/tiny-shapes/policy-distilled
-  stride train-policy --lambda 1.0 --out runs/fast-policy   # cheaper choices (reuses a finished table)
+  stride train-policy merge --lambda 1.0                 # refit on the finished table: cheaper choices
   stride train-policy --shard 2/8 --out runs/p && stride train-policy merge --out runs/p
 
 A killed job resumes where it stopped when run again with the same settings and --out; the
@@ -106,10 +106,15 @@ struct TrainingArgs {
     /// 1 - steps / max steps + lambda * quality, the others -gamma).
     #[arg(long, default_value = "linear")]
     reward: String,
+    /// linear: the price of steps (higher picks fewer steps); adadiff: the weight of quality
+    /// (higher picks better, so costlier, options).
     #[arg(long, default_value_t = 0.5)]
     lambda: f64,
+    /// adadiff: the penalty of an option outside the top k.
     #[arg(long, default_value_t = 0.1)]
     gamma: f64,
+    /// adadiff: how many options, best quality first, earn a positive reward (fewer than the
+    /// options).
     #[arg(long, default_value_t = 3)]
     top_k: usize,
     /// max-entropy (fit softmax(reward / entropy), the default), reinforce (AdaDiff) or expected.
@@ -129,7 +134,7 @@ struct TrainingArgs {
 }
 
 impl TrainingArgs {
-    fn reward(&self) -> Result<Reward> {
+    fn reward(&self, options: usize) -> Result<Reward> {
         anyhow::ensure!(self.lambda.is_finite() && self.lambda >= 0.0, "--lambda must be a number >= 0");
         anyhow::ensure!(
             self.fidelity.is_finite() && self.fidelity >= 0.0,
@@ -138,7 +143,10 @@ impl TrainingArgs {
         match self.reward.as_str() {
             "linear" => Ok(Reward::Linear { lambda: self.lambda }),
             "adadiff" => {
-                anyhow::ensure!(self.top_k > 0, "--top-k must be at least 1");
+                anyhow::ensure!(
+                    self.top_k > 0 && self.top_k < options,
+                    "--top-k must be at least 1 and fewer than the {options} options"
+                );
                 Ok(Reward::AdaDiff { lambda: self.lambda, gamma: self.gamma, top_k: self.top_k })
             }
             other => anyhow::bail!("--reward {other}: expected linear or adadiff"),
@@ -204,6 +212,17 @@ impl Manifest {
     fn block_len(&self, block: usize) -> usize {
         self.batch.min(self.items() - block * self.batch)
     }
+
+    /// Whether a record can belong to this job: its item in its block, its prompt and seed
+    /// those of its item, a result for every option.
+    fn fits(&self, r: &Record) -> bool {
+        let first = r.block * self.batch;
+        (first..first + self.block_len(r.block)).contains(&r.item)
+            && r.prompt == r.item / self.seeds
+            && r.seed == self.seed.wrapping_add(r.item as u64)
+            && r.passed.len() == self.options.len()
+            && r.psnr.len() == self.options.len()
+    }
 }
 
 /// One (prompt, seed) item: whether each option's image passed ShapesEval, and its PSNR
@@ -231,9 +250,19 @@ fn work(out: &Path) -> WorkDir<'_> {
     WorkDir { out, command: "stride train-policy" }
 }
 
-/// Every complete block of the table.
+/// Every complete block of the table; a record that cannot belong to the job is an error.
 fn read_table(out: &Path, manifest: &Manifest) -> Result<BTreeMap<usize, Vec<Record>>> {
-    work(out).read_blocks(manifest.blocks(), |b| manifest.block_len(b))
+    let table = work(out).read_blocks(manifest.blocks(), |b| manifest.block_len(b))?;
+    if let Some(r) = table.values().flatten().find(|r| !manifest.fits(r)) {
+        anyhow::bail!(
+            "{}: the record of item {} (block {}) does not fit the job in job.json (edited by \
+             hand?); delete its line and run again to regenerate that block",
+            out.join("work").display(),
+            r.item,
+            r.block
+        );
+    }
+    Ok(table)
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -265,7 +294,7 @@ fn run_job(args: JobArgs) -> Result<()> {
         options.len() >= 2 && options[0] > 0,
         "--options: give at least two positive step counts, e.g. 4,8,16"
     );
-    args.training.reward()?;
+    args.training.reward(options.len())?;
     args.training.settings()?;
     let sampler: Sampler = args.sampler.parse()?;
     let device = args.run.device.open()?;
@@ -276,15 +305,7 @@ fn run_job(args: JobArgs) -> Result<()> {
     let schedule = model.denoiser(&["a"], 1.0)?.schedule().clone();
     let sigmas: Vec<Sigmas> = options
         .iter()
-        .map(|&n| {
-            if args.scheduler == "distilled" {
-                return match crate::schedules::shipped_exact(&dir, &args.sampler, n)? {
-                    Some(sigmas) => Ok(sigmas),
-                    None => Ok(Scheduler::Uniform.sigmas(&schedule, n)?),
-                };
-            }
-            Ok(args.scheduler.parse::<Scheduler>()?.sigmas(&schedule, n)?)
-        })
+        .map(|&n| crate::schedules::option_sigmas(&dir, &schedule, &args.sampler, &args.scheduler, n))
         .collect::<Result<_>>()?;
     let manifest = Manifest {
         model_dir: dir.clone(),
@@ -371,7 +392,7 @@ fn score_block(
     let items: Vec<usize> = (first..first + manifest.block_len(block)).collect();
     let prompt_of = |item: usize| item / manifest.seeds;
     let texts: Vec<&str> = items.iter().map(|&i| manifest.prompts[prompt_of(i)].as_str()).collect();
-    let seeds: Vec<u64> = items.iter().map(|&i| manifest.seed + i as u64).collect();
+    let seeds: Vec<u64> = items.iter().map(|&i| manifest.seed.wrapping_add(i as u64)).collect();
     let denoiser = model.denoiser(&texts, manifest.cfg_scale)?;
     let side = stride_shapes::SIDE;
     let mut outputs = Vec::with_capacity(sigmas.len());
@@ -446,7 +467,7 @@ fn fit_and_save(
 ) -> Result<()> {
     work(out).require_all(manifest.blocks(), &done)?;
     let records: Vec<Record> = done.into_values().flatten().collect();
-    let reward = training.reward()?;
+    let reward = training.reward(manifest.options.len())?;
     let settings = training.settings()?;
     let quality = quality(manifest, &records, training.fidelity);
     let rewards: Vec<Vec<f64>> = quality.iter().map(|q| reward.rewards(q, &manifest.options)).collect();
@@ -463,6 +484,7 @@ fn fit_and_save(
     let (features, mask) = text_features(&model, &texts)?;
     let config = PolicyConfig {
         feature_dim: model.net.config.text_dim,
+        max_tokens: model.net.config.max_tokens,
         options: manifest.options.clone(),
         ..PolicyConfig::default()
     };
@@ -483,10 +505,12 @@ fn fit_and_save(
         scheduler: manifest.scheduler.clone(),
         cfg_scale: manifest.cfg_scale,
         reward,
+        fidelity: training.fidelity,
         training: settings,
         prompts: manifest.prompts.len(),
         seeds: manifest.seeds,
         heldout: None,
+        weights_sha256: String::new(),
     };
     Policy::save(out, &varmap, &sidecar)?;
     summarize(manifest, &quality, &rewards, &net.choose(&features, &mask)?);

@@ -55,13 +55,22 @@ fn shards_merge_to_the_single_run_policy_and_resume_skips_done_blocks() {
     let refused = train_policy(&single, &["--cfg-scale", "2"]);
     assert!(String::from_utf8_lossy(&refused.stderr).contains("other settings (cfg_scale)"));
     ok(train_policy(&single, &["--lambda", "2"]));
+
+    // A record edited to claim another prompt is refused, naming the work folder.
+    let records = single.join("work").join("records-0-of-1.jsonl");
+    let text = std::fs::read_to_string(&records).unwrap();
+    std::fs::write(&records, text.replacen("\"prompt\":0", "\"prompt\":2", 1)).unwrap();
+    let edited = stride().args(["train-policy", "merge", "--out"]).arg(&single).output().unwrap();
+    let stderr = String::from_utf8_lossy(&edited.stderr);
+    assert!(!edited.status.success() && stderr.contains("does not fit the job"), "{stderr}");
 }
 
 #[test]
 fn steps_auto_uses_the_policy_and_bad_policies_are_clear_errors() {
     let root = temp_dir("policy-auto");
     let policy = root.join("policy");
-    ok(train_policy(&policy, &[]));
+    // Trained at cfg 2: --steps auto then generates at cfg 2 unless told otherwise.
+    ok(train_policy(&policy, &["--cfg-scale", "2"]));
     let generate = |policy: &Path, extra: &[&str]| {
         stride()
             .args(["generate", "a red circle", "--steps", "auto", "--seed", "1", "--model"])
@@ -79,6 +88,9 @@ fn steps_auto_uses_the_policy_and_bad_policies_are_clear_errors() {
     let chosen = options.iter().find(|n| text.contains(&format!("step policy: {n} steps"))).expect(&text);
     let info = ok(stride().arg("info").arg(root.join("auto.png")).output().unwrap());
     assert!(info.contains(&format!("Steps: {chosen}")) && info.contains("Step policy"), "{info}");
+    assert!(info.contains("CFG scale: 2,"), "the policy's guidance: {info}");
+    let other = ok(generate(&policy, &["--cfg-scale", "4"]));
+    assert!(other.contains("the step policy chose for dpmpp_2m + uniform at cfg 2"), "{other}");
 
     // A policy made for another model, with options its weights do not have, or with corrupt
     // weights: one-line errors.
@@ -98,7 +110,7 @@ fn steps_auto_uses_the_policy_and_bad_policies_are_clear_errors() {
             "corrupt weights",
             sidecar.clone(),
             weights[..weights.len() / 2].to_vec(),
-            "cannot read the weights",
+            "not the weights policy.json was saved with",
         ),
     ];
     for (name, sidecar, weights, expected) in cases {
@@ -120,6 +132,7 @@ fn bad_options_are_clear_errors() {
         (vec!["--reward", "best"], "linear or adadiff"),
         (vec!["--objective", "greedy"], "max-entropy"),
         (vec!["--seeds", "0"], "at least 1"),
+        (vec!["--reward", "adadiff", "--top-k", "12"], "fewer than the 12 options"),
     ] {
         let out = stride()
             .args(["train-policy", "--quiet", "--model"])

@@ -43,6 +43,8 @@ pub struct Sidecar {
     pub scheduler: String,
     pub cfg_scale: f64,
     pub reward: Reward,
+    /// Weight of the fidelity term in an option's quality: pass rate + fidelity * PSNR / 40 dB.
+    pub fidelity: f64,
     pub training: TrainSettings,
     /// Training prompts and seeds per prompt of the reward table.
     pub prompts: usize,
@@ -50,6 +52,11 @@ pub struct Sidecar {
     /// Results on held-out prompts, as measured by `stride eval policy` (free-form).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heldout: Option<serde_json::Value>,
+    /// SHA-256 of `policy.safetensors` (set by [`Policy::save`]): the two files are renamed
+    /// into place one after the other, and a kill between the renames must not pair new
+    /// weights with an old sidecar.
+    #[serde(default)]
+    pub weights_sha256: String,
 }
 
 /// A loaded policy.
@@ -59,22 +66,26 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Saves `net`'s weights (from `varmap`) and `sidecar` under `dir`, each written to a
-    /// temporary file and renamed, so a kill never leaves half a policy.
+    /// Saves `net`'s weights (from `varmap`) and `sidecar` (with the weights' hash) under
+    /// `dir`, each written to a temporary file and renamed. A kill between the two renames
+    /// leaves files whose hashes disagree, which [`Policy::load`] refuses.
     pub fn save(dir: &Path, varmap: &VarMap, sidecar: &Sidecar) -> Result<(), PolicyError> {
-        let file_err = |path: &Path, e: &dyn std::fmt::Display| PolicyError::File {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        };
         std::fs::create_dir_all(dir).map_err(|e| file_err(dir, &e))?;
         let weights = dir.join(WEIGHTS);
         let tmp = dir.join(format!("{WEIGHTS}.tmp"));
         varmap.save(&tmp).map_err(|e| file_err(&tmp, &e))?;
+        let bytes = std::fs::read(&tmp).map_err(|e| file_err(&tmp, &e))?;
+        let sidecar = Sidecar { weights_sha256: sha256_hex(&bytes), ..sidecar.clone() };
+        let sidecar_tmp = write_sidecar_tmp(dir, &sidecar)?;
         std::fs::rename(&tmp, &weights).map_err(|e| file_err(&weights, &e))?;
-        let json = serde_json::to_string_pretty(sidecar).expect("serialisable") + "\n";
         let path = dir.join(SIDECAR);
-        let tmp = dir.join(format!("{SIDECAR}.tmp"));
-        std::fs::write(&tmp, json).map_err(|e| file_err(&tmp, &e))?;
+        std::fs::rename(&sidecar_tmp, &path).map_err(|e| file_err(&path, &e))
+    }
+
+    /// Replaces the sidecar of the policy under `dir` (its weights unchanged), atomically.
+    pub fn write_sidecar(dir: &Path, sidecar: &Sidecar) -> Result<(), PolicyError> {
+        let tmp = write_sidecar_tmp(dir, sidecar)?;
+        let path = dir.join(SIDECAR);
         std::fs::rename(&tmp, &path).map_err(|e| file_err(&path, &e))
     }
 
@@ -90,9 +101,18 @@ impl Policy {
         let sidecar: Sidecar = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
         sidecar.config.validate().map_err(invalid)?;
         let weights = dir.join(WEIGHTS);
-        let tensors = candle_core::safetensors::load(&weights, device).map_err(|e| PolicyError::File {
-            path: weights.clone(),
-            reason: format!("cannot read the weights ({e})"),
+        let bytes = std::fs::read(&weights).map_err(|e| file_err(&weights, &e))?;
+        if sha256_hex(&bytes) != sidecar.weights_sha256 {
+            return Err(PolicyError::Invalid {
+                path: weights,
+                reason: format!(
+                    "not the weights {SIDECAR} was saved with (its sha256 differs: corrupt, replaced, \
+                     or a save was interrupted); train the policy again with `stride train-policy`"
+                ),
+            });
+        }
+        let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| {
+            PolicyError::File { path: weights.clone(), reason: format!("cannot read the weights ({e})") }
         })?;
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
         let net = PolicyNet::new(&sidecar.config, vb).map_err(|e| PolicyError::Invalid {
@@ -113,4 +133,21 @@ impl Policy {
             model: model_hash.to_string(),
         })
     }
+}
+
+fn file_err(path: &Path, e: &dyn std::fmt::Display) -> PolicyError {
+    PolicyError::File { path: path.to_path_buf(), reason: e.to_string() }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(bytes))
+}
+
+/// `dir/policy.json.tmp` holding `sidecar`.
+fn write_sidecar_tmp(dir: &Path, sidecar: &Sidecar) -> Result<PathBuf, PolicyError> {
+    let json = serde_json::to_string_pretty(sidecar).expect("serialisable") + "\n";
+    let tmp = dir.join(format!("{SIDECAR}.tmp"));
+    std::fs::write(&tmp, json).map_err(|e| file_err(&tmp, &e))?;
+    Ok(tmp)
 }

@@ -20,19 +20,35 @@ pub struct PolicyConfig {
     pub heads: usize,
     /// Step counts, ascending.
     pub options: Vec<usize>,
+    /// The most tokens a prompt's features can have (the text encoder's `max_tokens`). The
+    /// sum pooling is divided by it, not by the batch's padded length, so a prompt pools the
+    /// same in any batch.
+    pub max_tokens: usize,
 }
 
 impl Default for PolicyConfig {
     fn default() -> Self {
-        Self { feature_dim: 128, dim: 64, layers: 3, heads: 4, options: DEFAULT_OPTIONS.to_vec() }
+        Self {
+            feature_dim: 128,
+            dim: 64,
+            layers: 3,
+            heads: 4,
+            options: DEFAULT_OPTIONS.to_vec(),
+            max_tokens: 32,
+        }
     }
 }
 
 impl PolicyConfig {
     pub fn validate(&self) -> std::result::Result<(), String> {
-        if self.feature_dim == 0 || self.dim == 0 || self.heads == 0 || !self.dim.is_multiple_of(self.heads) {
+        if self.feature_dim == 0
+            || self.dim == 0
+            || self.heads == 0
+            || self.max_tokens == 0
+            || !self.dim.is_multiple_of(self.heads)
+        {
             return Err(format!(
-                "feature_dim and dim must be positive and dim ({}) a multiple of heads ({})",
+                "feature_dim, dim and max_tokens must be positive and dim ({}) a multiple of heads ({})",
                 self.dim, self.heads
             ));
         }
@@ -133,12 +149,15 @@ impl PolicyNet {
             x = block.forward(&x, &bias)?;
         }
         let x = self.norm.forward(&x)?;
+        if l > self.config.max_tokens {
+            candle_core::bail!("{l} tokens; this policy reads at most {}", self.config.max_tokens);
+        }
         // The mean over the prompt's tokens (padding excluded), and the sum scaled by the
-        // longest prompt: a mean alone would hide how much the prompt says.
+        // longest possible prompt: a mean alone would hide how much the prompt says.
         let weights = mask.unsqueeze(2)?;
         let sum = x.broadcast_mul(&weights)?.sum(1)?;
         let mean = sum.broadcast_div(&weights.sum(1)?.maximum(1.0)?)?;
-        let pooled = Tensor::cat(&[&mean, &(sum / l as f64)?], 1)?;
+        let pooled = Tensor::cat(&[&mean, &(sum / self.config.max_tokens as f64)?], 1)?;
         self.head2.forward(&self.head1.forward(&pooled)?.gelu()?)
     }
 
@@ -146,5 +165,43 @@ impl PolicyNet {
     pub fn choose(&self, features: &Tensor, mask: &Tensor) -> Result<Vec<usize>> {
         let choice = self.forward(features, mask)?.argmax(D::Minus1)?.to_dtype(DType::U32)?;
         Ok(choice.to_vec1::<u32>()?.into_iter().map(|c| c as usize).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use candle_nn::VarMap;
+
+    /// A prompt gets the same logits alone and in a batch padded for a longer one (the
+    /// padding is masked out of attention and pooling). Tolerance 1e-5: only the summation
+    /// order over the extra (zero-weighted) keys differs.
+    #[test]
+    fn logits_do_not_depend_on_padding() -> Result<()> {
+        let dev = Device::Cpu;
+        let config =
+            PolicyConfig { feature_dim: 8, dim: 16, heads: 2, max_tokens: 12, ..PolicyConfig::default() };
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+        let net = PolicyNet::new(&config, vb)?;
+        // The residual branches and the head start at zero: random weights everywhere, so
+        // attention and pooling both reach the logits.
+        for var in varmap.all_vars() {
+            var.set(&Tensor::randn(0f32, 0.5, var.shape(), &dev)?)?;
+        }
+        let features = Tensor::randn(0f32, 1.0, (1, 5, 8), &dev)?;
+        let alone = net.forward(&features, &Tensor::ones((1, 5), DType::F32, &dev)?)?;
+        let padded = Tensor::cat(&[&features, &Tensor::randn(0f32, 1.0, (1, 7, 8), &dev)?], 1)?;
+        let mask = Tensor::cat(
+            &[Tensor::ones((1, 5), DType::F32, &dev)?, Tensor::zeros((1, 7), DType::F32, &dev)?],
+            1,
+        )?;
+        let in_batch = net.forward(&padded, &mask)?;
+        let diff = (alone - in_batch)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "logits moved by {diff} with padding");
+        let too_long = Tensor::randn(0f32, 1.0, (1, 13, 8), &dev)?;
+        assert!(net.forward(&too_long, &Tensor::ones((1, 13), DType::F32, &dev)?).is_err());
+        Ok(())
     }
 }

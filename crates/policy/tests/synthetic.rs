@@ -61,7 +61,8 @@ fn held_out(settings: &TrainSettings) -> (f64, f64, f64) {
         richness.iter().map(|&r| reward.rewards(&quality(r), &DEFAULT_OPTIONS)).collect()
     };
     let (features, mask, richness) = prompts(2048, 1);
-    let config = PolicyConfig { feature_dim: VOCAB, dim: 32, heads: 2, ..PolicyConfig::default() };
+    let config =
+        PolicyConfig { feature_dim: VOCAB, dim: 32, heads: 2, max_tokens: L, ..PolicyConfig::default() };
     let varmap = VarMap::new();
     let net = PolicyNet::new(&config, stride_models::init::seeded(&varmap, 0, &Device::Cpu)).unwrap();
     train(&net, &varmap, &features, &mask, &table(&richness), settings, |_| {}).unwrap();
