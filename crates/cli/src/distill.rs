@@ -36,7 +36,7 @@ use crate::work::{RunArgs, Shard, WorkDir};
   stride distill                                        # the shipped tiny-shapes schedules
   stride distill --solver dpmpp_2m --nfe 5,10 --samples 16 --teacher-steps 100 --out my-schedules
   stride distill --prompts calibration.txt --solver euler --method exact   # the cheap mode
-  stride distill --shard 3/8 --out runs/oss && stride distill merge --out runs/oss   # fanned out
+  stride distill --shard 3/8 --out runs/oss   # one of 8 machines; the last to finish merges
   stride distill --model sd15 --prompts prompts.txt --solver dpmpp_2m --nfe 10 --device cuda --out sd15-oss
 
 A killed job resumes where it stopped when run again with the same settings and --out."
@@ -87,11 +87,13 @@ struct JobArgs {
     /// Step counts (= model evaluations) to distill.
     #[arg(long, value_delimiter = ',', default_value = "5,8,10,15,20")]
     nfe: Vec<usize>,
-    /// The teacher's grid: N euler steps, uniform in the model's time.
+    /// The teacher's grid: N euler steps, uniform in the model's time (log-spaced in sigma for
+    /// VE models).
     #[arg(long, default_value_t = 200)]
     teacher_steps: usize,
     /// oss (the student runs; N + K N evaluations per sample) or exact (shortest path over
-    /// the teacher's states; N evaluations; euler and ddim only).
+    /// the teacher's states; N evaluations, about N^2 / 2 with --distance x0; euler and ddim
+    /// only).
     #[arg(long, default_value = "oss")]
     method: String,
     /// Where the student is compared with the teacher: xt (state) or x0 (its prediction).
@@ -361,8 +363,8 @@ fn run_job(args: JobArgs) -> Result<()> {
         samples: args.samples,
         seed: args.seed,
         cfg_scale: args.cfg_scale,
-        solvers: args.solver.clone(),
-        nfe: args.nfe.clone(),
+        solvers: sorted_unique(&args.solver),
+        nfe: sorted_unique(&args.nfe),
         teacher_steps: args.teacher_steps,
         grid: teacher::default_grid(&schedule, args.teacher_steps)?
             .as_slice()
@@ -424,6 +426,9 @@ fn run_job(args: JobArgs) -> Result<()> {
                 if let Progress::Sample { .. } = p {
                     bar.inc(1);
                 }
+            })
+            .with_context(|| {
+                format!("{solver}, block {block} (its sample 0 is calibration sample {first})")
             })?;
             let share = 1.0 / seeds.len() as f64;
             let (evaluations, seconds) =
@@ -484,7 +489,8 @@ fn write_schedules(out: &Path, manifest: &Manifest) -> Result<()> {
         parameterization: parameterization_named(&manifest.parameterization)?,
         calibration_hash: manifest.calibration_hash(),
     };
-    println!("{:<10} {:>4}  {:<60} {:>12}", "solver", "NFE", "sigmas (median over samples)", "mean cost");
+    let header = format!("sigmas ({} over samples)", manifest.aggregate);
+    println!("{:<10} {:>4}  {:<60} {:>12}", "solver", "NFE", header, "mean cost");
     for config in manifest.configs()? {
         let solver = config.student.kind.name();
         let samples: Vec<SampleSchedule> = records
@@ -528,4 +534,12 @@ fn write_schedules(out: &Path, manifest: &Manifest) -> Result<()> {
     }
     println!("schedules: {}", out.display());
     Ok(())
+}
+
+/// A list flag's values sorted, repeats dropped: `--nfe 10,5` is the job `--nfe 5,10` is.
+fn sorted_unique<T: Ord + Clone>(values: &[T]) -> Vec<T> {
+    let mut values = values.to_vec();
+    values.sort();
+    values.dedup();
+    values
 }

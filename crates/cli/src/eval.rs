@@ -14,6 +14,7 @@ use crate::device::DeviceArg;
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
   stride eval                                   # 500 held-out prompts at 50, 20, 10 and 5 steps
+  stride eval --grid assets/tiny_shapes_grid.png   # and the README's sample grid
   stride eval --steps 50 --limit 100            # a quicker look
   stride eval --write-heldout models/tiny-shapes/heldout_prompts.txt
   stride eval schedules                         # hand-designed vs distilled step schedules
@@ -48,9 +49,10 @@ pub struct Args {
     seed: u64,
     #[arg(long, default_value_t = 50)]
     batch_size: usize,
-    /// Grid of the first 64 samples at the first step count.
-    #[arg(long, default_value = "assets/tiny_shapes_grid.png")]
-    grid: PathBuf,
+    /// Also write a grid of the first 64 samples at the first step count (the README's is
+    /// assets/tiny_shapes_grid.png).
+    #[arg(long)]
+    grid: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
 }
@@ -103,12 +105,12 @@ pub fn run(args: Args) -> Result<()> {
     );
     for (k, &steps) in args.steps.iter().enumerate() {
         let images = generate(&model, &prompts, &sampler, &scheduler, steps, &args, &device)?;
-        if k == 0 {
-            write_grid(&args.grid, &images[..images.len().min(64)])?;
+        if let (0, Some(grid)) = (k, &args.grid) {
+            write_grid(grid, &images[..images.len().min(64)])?;
+            println!("grid: {}", grid.display());
         }
         report(steps, &prompts, &images);
     }
-    println!("grid: {}", args.grid.display());
     Ok(())
 }
 

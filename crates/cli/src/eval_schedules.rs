@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
-use stride_distill::{teacher, ScheduleFile};
+use stride_distill::{teacher, Intended, ScheduleFile};
 use stride_models::tiny_shapes::Guided;
 use stride_models::TinyShapes;
 use stride_solvers::{
@@ -71,12 +71,25 @@ fn hand_schedule(name: &str, schedule: &NoiseSchedule, nfe: usize) -> Result<Sig
 }
 
 /// A distilled schedule from `dir` for `solver` at `nfe` (interpolated from the nearest file,
-/// marked `*`), with its distillation cost.
-fn distilled(dir: &Path, solver: &str, nfe: usize) -> Result<Option<(Sigmas, bool, ScheduleFile)>> {
-    let Some(path) = crate::schedules::nearest(dir, solver, nfe) else {
+/// marked `*`), with its distillation cost. The file must have been distilled for this model
+/// and solver by `method`.
+fn distilled(
+    dir: &Path,
+    intended: &Intended,
+    method: &str,
+    nfe: usize,
+) -> Result<Option<(Sigmas, bool, ScheduleFile)>> {
+    let Some(path) = crate::schedules::nearest(dir, intended.solver, nfe) else {
         return Ok(None);
     };
     let file = ScheduleFile::read(&path)?;
+    file.check(&path.display().to_string(), intended, false)?;
+    anyhow::ensure!(
+        file.search.method == method,
+        "{}: a schedule found by --method {}, in the folder of the {method} ones",
+        path.display(),
+        file.search.method
+    );
     let interpolated = file.nfe != nfe;
     let sigmas = if interpolated { file.sigmas_for(nfe)? } else { file.sigmas()? };
     Ok(Some((sigmas, interpolated, file)))
@@ -100,6 +113,7 @@ pub fn run(args: Args) -> Result<()> {
         .with_context(|| format!("reading prompts from {}", args.prompts.display()))?;
     prompts.truncate(args.limit);
     let texts: Vec<&str> = prompts.iter().map(|p| p.text.as_str()).collect();
+    let hash = crate::schedules::model_hash(&args.model_dir)?;
     let guided = model.denoiser(&texts, args.cfg_scale)?;
     let schedule = guided.schedule().clone();
     let n = prompts.len();
@@ -141,7 +155,8 @@ pub fn run(args: Args) -> Result<()> {
                 let (sigmas, note) = match kind {
                     "exact" | "oss" => {
                         let dir = if kind == "exact" { &args.exact_dir } else { &args.oss_dir };
-                        match distilled(dir, solver, nfe)? {
+                        let intended = Intended { model_id: "tiny-shapes", model_hash: &hash, solver };
+                        match distilled(dir, &intended, kind, nfe)? {
                             Some((sigmas, interpolated, file)) => {
                                 if !interpolated {
                                     if let Some(c) = &file.compute {
@@ -189,7 +204,8 @@ pub fn run(args: Args) -> Result<()> {
         })
         .filter(|s| !s.points.is_empty())
         .collect();
-    log_log_chart(&args.plot, "tiny-shapes: RMS error to the 200-step teacher", "NFE", "RMS error", &series)?;
+    let title = format!("tiny-shapes: RMS error to the {}-step teacher", args.teacher_steps);
+    log_log_chart(&args.plot, &title, "NFE", "RMS error", &series)?;
     println!("plot: {}", args.plot.display());
     Ok(())
 }

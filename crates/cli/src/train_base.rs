@@ -18,12 +18,15 @@ pub struct Args {
     /// Run folder: checkpoint.safetensors/.json and, at the end, the exported model.
     #[arg(long, default_value = "runs/tiny-shapes")]
     out: PathBuf,
-    /// Continue from the checkpoint in --out (bit-identical to an uninterrupted run).
-    #[arg(long)]
+    /// Continue from the checkpoint in --out with its settings (bit-identical to an
+    /// uninterrupted run).
+    #[arg(long, conflicts_with_all = ["config", "batch_size", "lr", "seed"])]
     resume: bool,
-    /// Training config JSON (fields of TrainConfig); flags below override it.
+    /// Training config JSON (fields of TrainConfig); the flags below override it.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Total optimisation steps. With --resume it extends or shortens the run; the cosine
+    /// learning rate follows the new total, so only an unchanged total resumes bit for bit.
     #[arg(long)]
     steps: Option<u64>,
     #[arg(long)]
@@ -49,6 +52,15 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    anyhow::ensure!(
+        args.checkpoint_minutes.is_finite() && args.checkpoint_minutes >= 0.0,
+        "--checkpoint-minutes must be a number >= 0 (0: after every step)"
+    );
+    anyhow::ensure!(
+        args.resume || !args.out.join("checkpoint.json").exists(),
+        "{} already holds a training run: continue it with --resume, or choose another --out",
+        args.out.display()
+    );
     let device = args.device.open()?;
     let mut trainer = if args.resume {
         Trainer::resume(&args.out, args.steps, &device)
@@ -92,6 +104,13 @@ pub fn run(args: Args) -> Result<()> {
     let mut smoothed = None;
     while trainer.step < total {
         let loss = trainer.train_step()?;
+        // Stop before a diverged run's weights overwrite the last good checkpoint.
+        anyhow::ensure!(
+            loss.is_finite(),
+            "the loss is {loss} at step {}: training diverged; the last checkpoint in {} is intact",
+            trainer.step,
+            args.out.display()
+        );
         let s = smoothed.map_or(loss, |m: f32| 0.98 * m + 0.02 * loss);
         smoothed = Some(s);
         bar.set_position(trainer.step);

@@ -163,7 +163,8 @@ impl WorkDir<'_> {
 
     /// Every complete block of every shard's records file, by block index, its records in item
     /// order: a block is complete when it has `block_len(block)` distinct items (a job killed
-    /// mid-write leaves a partial last line, ignored). Blocks at or past `blocks` are dropped.
+    /// mid-write leaves a line cut short, ignored; any other unreadable line is an error).
+    /// Blocks at or past `blocks` are dropped.
     pub fn read_blocks<R: Record>(
         &self,
         blocks: usize,
@@ -180,8 +181,17 @@ impl WorkDir<'_> {
         for path in paths {
             let text =
                 std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-            for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                let Ok(record) = serde_json::from_str::<R>(line) else { continue };
+            for (number, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                let record = match serde_json::from_str::<R>(line) {
+                    Ok(record) => record,
+                    // Cut short: a job killed mid-write (its block is redone).
+                    Err(e) if e.is_eof() => continue,
+                    Err(e) => bail!(
+                        "{}:{}: not a record of this job ({e}); delete the line to redo its block",
+                        path.display(),
+                        number + 1
+                    ),
+                };
                 let block = by_block.entry(record.block()).or_default();
                 if !block.iter().any(|r| r.item() == record.item()) {
                     block.push(record);

@@ -89,6 +89,12 @@ fn a_killed_job_resumes_to_the_uninterrupted_result() {
     let stderr = ok(&distill(&out, &[]));
     assert!(stderr.contains("1 done, 2 to do"), "the resumed job must skip the finished block: {stderr}");
     assert_same(&schedules(&out), &single_run().1);
+
+    // A line that is not a record cut short (edited by hand, say) is an error naming it.
+    std::fs::write(&records, format!("{}\n{{\"block\": \"first\"}}\n", lines[0])).unwrap();
+    let edited = distill(&out, &[]);
+    let stderr = String::from_utf8_lossy(&edited.stderr);
+    assert!(!edited.status.success() && stderr.contains("records-0-of-1.jsonl:2"), "{stderr}");
 }
 
 #[test]

@@ -93,4 +93,18 @@ fn bad_training_input_is_a_clear_error() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("broken.json") && !err.contains("panicked"), "{err}");
+
+    // A fresh run never overwrites another run's checkpoint; a negative interval is refused.
+    let taken = root.join("taken");
+    std::fs::create_dir_all(&taken).unwrap();
+    std::fs::write(taken.join("checkpoint.json"), "{}").unwrap();
+    for (args, expected) in [
+        (vec!["--out", taken.to_str().unwrap()], "already holds a training run"),
+        (vec!["--out", root.join("new").to_str().unwrap(), "--checkpoint-minutes=-1"], ">= 0"),
+    ] {
+        let out = stride().args(["train-base", "--quiet"]).args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(expected), "{args:?}: {err}");
+    }
+    assert_eq!(std::fs::read_to_string(taken.join("checkpoint.json")).unwrap(), "{}");
 }

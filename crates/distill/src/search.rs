@@ -410,30 +410,40 @@ impl Search {
         searches.into_iter().map(OssSearch::finish_all).collect()
     }
 
-    /// Evaluates the model at every frontier state of every search (batched across samples);
-    /// per search, the predictions by grid index.
+    /// Evaluates the model at every frontier state of every search that has a step left to
+    /// take (batched across samples); per search, the predictions by grid index. A count that
+    /// has ended leaves states (at sigma 0 among them) that nothing steps from: they are not
+    /// evaluated (some models cannot be at sigma 0).
     fn predict_frontiers(
         &self,
         model: &dyn RowDenoiser,
         searches: &[OssSearch<Node>],
         rows: &[usize],
     ) -> Result<Vec<Vec<Option<Tensor>>>, DistillError> {
-        let shaped: Vec<Vec<Tensor>> = searches
+        let live = |s: &OssSearch<Node>| -> Vec<(usize, Tensor)> {
+            s.frontier()
+                .iter()
+                .filter(|(i, _)| !s.targets(*i).is_empty())
+                .map(|(i, n)| (*i, n.x.clone()))
+                .collect()
+        };
+        let live: Vec<Vec<(usize, Tensor)>> = searches.iter().map(live).collect();
+        let shaped: Vec<Vec<Tensor>> = live
             .iter()
-            .map(|s| s.frontier().iter().map(|(_, node)| node.x.reshape(self.dims.as_slice())).collect())
+            .map(|states| states.iter().map(|(_, x)| x.reshape(self.dims.as_slice())).collect())
             .collect::<candle_core::Result<_>>()?;
         let mut queries = Vec::new();
-        for ((search, xs), &sample) in searches.iter().zip(&shaped).zip(rows) {
-            for ((i, _), x) in search.frontier().iter().zip(xs) {
+        for ((states, xs), &sample) in live.iter().zip(&shaped).zip(rows) {
+            for ((i, _), x) in states.iter().zip(xs) {
                 queries.push(Query { sample, sigma: self.sigma[*i], x });
             }
         }
         let mut flat = predict_x0(model, &queries, self.student.x0_processing(), self.max_rows)?.into_iter();
         let n = self.sigma.len() - 1;
         let mut out = Vec::with_capacity(searches.len());
-        for search in searches {
+        for states in &live {
             let mut by_index = vec![None; n + 1];
-            for (i, _) in search.frontier() {
+            for (i, _) in states {
                 by_index[*i] = flat.next().map(|t| t.flatten_all()).transpose()?;
             }
             out.push(by_index);

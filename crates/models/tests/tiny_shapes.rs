@@ -122,6 +122,23 @@ fn training_is_deterministic_and_resumes_bit_identically() {
     assert_eq!(params(&resumed), params(&straight));
 }
 
+/// A kill between the checkpoint's two renames leaves new weights beside the previous
+/// `checkpoint.json`: the step stored with the weights wins, so the resumed run still matches.
+#[test]
+fn a_checkpoint_json_behind_its_weights_resumes_from_the_weights_step() {
+    let dir = temp_dir("renames");
+    let mut run = Trainer::new(tiny_config(4), &Device::Cpu).unwrap();
+    run.train_step().unwrap();
+    run.save_checkpoint(&dir).unwrap();
+    let behind = std::fs::read(dir.join("checkpoint.json")).unwrap();
+    run.train_step().unwrap();
+    run.save_checkpoint(&dir).unwrap();
+    std::fs::write(dir.join("checkpoint.json"), behind).unwrap();
+    let mut resumed = Trainer::resume(&dir, None, &Device::Cpu).unwrap();
+    assert_eq!(resumed.step, 2);
+    assert_eq!(resumed.train_step().unwrap(), run.train_step().unwrap());
+}
+
 /// A batch mixing prompts through `Guided::rows` predicts what a denoiser built for those
 /// prompts in that order does (the text encodings are gathered, not recomputed). Tolerance
 /// 1e-5: the two encode different padding lengths, which the mask makes irrelevant up to

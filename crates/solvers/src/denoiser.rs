@@ -41,8 +41,10 @@ pub trait Denoiser {
     fn parameterization(&self) -> Parameterization;
 
     /// The raw prediction for the native state `x` (batch first, `x = alpha x0 + sigma eps`)
-    /// at k-diffusion sigma `sigmas[i]` for sample `i` (convert with
-    /// [`NoiseSchedule::t_at`] to the model's own timestep).
+    /// at k-diffusion sigma `sigmas[i]` for sample `i`. Discrete and VP models take their
+    /// timestep from [`NoiseSchedule::t_at`]; flow-matching models (SD3, Flux, tiny-shapes)
+    /// take the noise fraction `s / (1 + s)` (diffusers: times 1000) whatever the schedule's
+    /// shift, where `t_at` would give the unshifted time.
     fn predict(&self, x: &Tensor, sigmas: &[f64]) -> Result<Tensor>;
 }
 

@@ -222,10 +222,13 @@ impl Trainer {
         Ok(Tensor::from_slice(values, self.var(&self.names[i]).shape(), &self.device)?)
     }
 
-    /// Writes the checkpoint (weights, moments, EMA, step) atomically under `dir`.
+    /// Writes the checkpoint (weights, moments, EMA, step) atomically under `dir`. The step
+    /// is also stored in the safetensors file, which is the one that counts: a kill between
+    /// the two files' renames leaves new weights beside the old `checkpoint.json`.
     pub fn save_checkpoint(&self, dir: &Path) -> Result<(), ModelError> {
         std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
         let mut tensors: HashMap<String, Tensor> = HashMap::new();
+        tensors.insert(STEP_KEY.into(), Tensor::new(&[self.step as i64], &self.device)?);
         for (i, name) in self.names.iter().enumerate() {
             tensors.insert(format!("param.{name}"), self.var(name).as_tensor().clone());
             tensors.insert(format!("adam_m.{name}"), self.flat_tensor(i, &self.m[i])?);
@@ -265,15 +268,32 @@ impl Trainer {
                 .ok_or_else(|| ModelError::File { path: weights.clone(), reason: format!("missing {key}") })
         };
         for (i, name) in trainer.names.clone().iter().enumerate() {
-            trainer.var(name).set(&get(format!("param.{name}"))?)?;
+            let var = trainer.var(name);
             let flat = |key: String| -> Result<Vec<f32>, ModelError> {
-                Ok(get(key)?.flatten_all()?.to_vec1::<f32>()?)
+                let values = get(key.clone())?.flatten_all()?.to_vec1::<f32>()?;
+                if values.len() != var.elem_count() {
+                    return Err(ModelError::File {
+                        path: weights.clone(),
+                        reason: format!(
+                            "{key} has {} values, the model's {name} {}",
+                            values.len(),
+                            var.elem_count()
+                        ),
+                    });
+                }
+                Ok(values)
             };
+            let param = flat(format!("param.{name}"))?;
+            var.set(&Tensor::from_vec(param, var.shape(), device)?)?;
             trainer.m[i] = flat(format!("adam_m.{name}"))?;
             trainer.v[i] = flat(format!("adam_v.{name}"))?;
             trainer.ema[i] = flat(format!("ema.{name}"))?;
         }
-        trainer.step = state.step;
+        // Checkpoints from before the step was stored with the weights have it in the JSON only.
+        trainer.step = match tensors.get(STEP_KEY) {
+            Some(step) => step.flatten_all()?.to_vec1::<i64>()?.first().map_or(state.step, |&s| s as u64),
+            None => state.step,
+        };
         Ok(trainer)
     }
 
@@ -315,6 +335,9 @@ impl Trainer {
     }
 }
 
+/// The checkpoint tensor holding the step reached.
+const STEP_KEY: &str = "state.step";
+
 #[derive(Serialize, Deserialize)]
 struct CheckpointState {
     step: u64,
@@ -325,11 +348,14 @@ fn io_err(path: &Path, e: std::io::Error) -> ModelError {
     ModelError::File { path: path.to_path_buf(), reason: e.to_string() }
 }
 
-/// Writes through a temporary file in the same folder, then renames: a kill never leaves a
-/// half-written file under the final name.
+/// Writes through a temporary file in the same folder, synced, then renames: neither a kill
+/// nor a power cut leaves a half-written file under the final name.
 fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<(), String>) -> Result<(), ModelError> {
-    let tmp: PathBuf = path.with_extension("tmp");
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp: PathBuf = path.with_file_name(name);
     write(&tmp).map_err(|reason| ModelError::File { path: tmp.clone(), reason })?;
+    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| io_err(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
 }
 
