@@ -23,7 +23,7 @@ use crate::schedules;
   stride generate \"a lighthouse at dusk\" --model sd15 --width 768 --height 512
   stride generate \"a lighthouse at dusk\" --model sdxl-turbo   # 1 step, no guidance
   stride generate \"a lighthouse at dusk\" --model sd21 --weights-dir ./stable-diffusion-2-1
-  stride generate --from stride-42.png            # regenerate an image from its metadata")]
+  stride generate --from stride-42.png -o again.png   # regenerate an image from its metadata")]
 pub struct Args {
     /// What to draw.
     prompt: Option<String>,
@@ -83,7 +83,7 @@ pub struct Args {
     /// Model-evaluation cap of the adaptive samplers.
     #[arg(long, default_value_t = 1000)]
     max_nfe: usize,
-    /// Classifier-free guidance (1 = none). Default: 3 for tiny-shapes (with --steps auto, the
+    /// Classifier-free guidance (at most 1: none, as diffusers). Default: 3 for tiny-shapes (with --steps auto, the
     /// step policy's), 7.5 for SD 1.5 / 2.1, 5 for SDXL, 1 for the Turbo models.
     #[arg(long)]
     cfg_scale: Option<f64>,
@@ -105,14 +105,20 @@ pub struct Args {
     /// Output path; {seed} and {index} are replaced.
     #[arg(short, long, default_value = "stride-{seed}.png")]
     output: String,
-    /// Regenerate the image whose PNG metadata is in this file.
-    #[arg(long)]
+    /// Regenerate the image whose PNG metadata is in this file (its settings, all of them;
+    /// name the new file with -o).
+    #[arg(long, conflicts_with_all = [
+        "prompt", "prompts_file", "negative_prompt", "seed", "steps", "sampler", "scheduler", "sigmas",
+        "schedule", "cfg_scale", "eta", "rtol", "atol", "width", "height", "num_samples", "model",
+        "weights_dir", "policy",
+    ])]
     from: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
-    /// Compute dtype: f32, or f16 / bf16 for Stable Diffusion (tiny-shapes runs in f32).
-    #[arg(long, default_value = "f32")]
-    dtype: String,
+    /// Compute dtype: f32 (default), or f16 / bf16 for Stable Diffusion (tiny-shapes runs in
+    /// f32).
+    #[arg(long)]
+    dtype: Option<String>,
     /// Every N steps, also write the model's current x0 prediction (out-stepK.png).
     #[arg(long, default_value_t = 0)]
     preview_every: usize,
@@ -128,21 +134,27 @@ struct Job {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let dtype = match args.dtype.as_str() {
-        "f32" => DType::F32,
-        "f16" => DType::F16,
-        "bf16" => DType::BF16,
-        other => bail!("--dtype {other}: use f32, f16 or bf16"),
-    };
     anyhow::ensure!(
         args.batch_size > 0 && args.num_samples > 0,
         "--batch-size and --num-samples must be at least 1"
     );
     let jobs = jobs(&args)?;
+    let first = &jobs[0].params;
+    let dtype_name = first.dtype.as_deref().unwrap_or("f32");
+    let dtype = parse_dtype(dtype_name)?;
+    let paths = output_paths(&args.output, &jobs);
+    if let Some(from) = &args.from {
+        let same = |p: &PathBuf| std::fs::canonicalize(p).ok() == std::fs::canonicalize(from).ok();
+        anyhow::ensure!(
+            !paths.iter().any(same),
+            "the new image would overwrite {}, the one it regenerates: name it with -o",
+            from.display()
+        );
+    }
     let device = args.device.open()?;
-    let model = match choose_model(&args, &jobs[0].params.model)? {
+    let model = match choose_model(&first.model, first.weights.as_deref().map(Path::new))? {
         Choice::Tiny(dir) => {
-            anyhow::ensure!(dtype == DType::F32, "--dtype {}: tiny-shapes runs in f32", args.dtype);
+            anyhow::ensure!(dtype == DType::F32, "--dtype {dtype_name}: tiny-shapes runs in f32");
             let tiny = TinyShapes::load(&dir, &device)
                 .with_context(|| format!("loading the model from {}", dir.display()))?;
             Model::Tiny(Box::new(tiny))
@@ -177,7 +189,7 @@ pub fn run(args: Args) -> Result<()> {
         let batch = &jobs[start..end];
         let mut preview = |step: usize, images: Vec<Tensor>| -> Result<()> {
             for (job, image) in batch.iter().zip(images) {
-                let path = preview_path(&output_path(&args.output, &job.params, job.index, jobs.len()), step);
+                let path = preview_path(&paths[job.index], step);
                 write_png(&path, &image, &job.params)?;
             }
             Ok(())
@@ -185,8 +197,8 @@ pub fn run(args: Args) -> Result<()> {
         let preview = (args.preview_every > 0).then_some((args.preview_every, &mut preview as &mut Preview));
         let images = sample(&model, batch, args.max_nfe, &device, &bars, preview)?;
         for (job, image) in batch.iter().zip(images) {
-            let path = output_path(&args.output, &job.params, job.index, jobs.len());
-            write_png(&path, &image, &job.params)?;
+            let path = &paths[job.index];
+            write_png(path, &image, &job.params)?;
             total.suspend(|| println!("{} (seed {})", path.display(), job.params.seed));
         }
         total.inc(batch.len() as u64);
@@ -261,15 +273,21 @@ fn lines(args: &Args) -> Result<Vec<Line>> {
 /// The images to make, from --from, --prompts-file or the prompt argument.
 fn jobs(args: &Args) -> Result<Vec<Job>> {
     if let Some(path) = &args.from {
-        let params = Params::from_png(path)?;
+        let mut params = Params::from_png(path)?;
+        if let Some(dtype) = &args.dtype {
+            params.dtype = (dtype != "f32").then(|| dtype.clone());
+        }
         return Ok(vec![Job { params, index: 0 }]);
     }
     for (name, tol) in [("--rtol", args.rtol), ("--atol", args.atol)] {
         anyhow::ensure!(tol.is_none_or(|t| t.is_finite() && t > 0.0), "{name} must be a positive number");
     }
     anyhow::ensure!(args.max_nfe > 0, "--max-nfe must be at least 1");
+    if let Some(dtype) = &args.dtype {
+        parse_dtype(dtype)?;
+    }
     let mut lines = lines(args)?;
-    let choice = choose_model(args, &args.model)?;
+    let choice = choose_model(&args.model, args.weights_dir.as_deref())?;
     let policy =
         if args.steps == Some(Steps::Auto) { policy_steps(args, &choice, &mut lines)? } else { None };
     let seed = args.seed.unwrap_or_else(random_seed);
@@ -369,8 +387,24 @@ fn line_params(args: &Args, choice: &Choice, line: &Line, seed: u64) -> Result<P
         width,
         height,
         model: args.model.clone(),
+        weights: args.weights_dir.as_ref().map(|d| absolute(d).display().to_string()),
+        dtype: args.dtype.clone().filter(|d| d != "f32"),
         step_policy: None,
     })
+}
+
+fn parse_dtype(name: &str) -> Result<DType> {
+    Ok(match name {
+        "f32" => DType::F32,
+        "f16" => DType::F16,
+        "bf16" => DType::BF16,
+        other => bail!("--dtype {other}: use f32, f16 or bf16"),
+    })
+}
+
+/// `path` from the filesystem root, so the metadata names it from anywhere.
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// `--steps auto`: the model's step policy picks each line's step count (lines that set their
@@ -473,16 +507,17 @@ fn is_diffusers_dir(dir: &Path) -> bool {
     dir.join("unet/config.json").is_file()
 }
 
-fn choose_model(args: &Args, model: &str) -> Result<Choice> {
+/// The model `--model` names, read from `weights_dir` when given.
+fn choose_model(model: &str, weights_dir: Option<&Path>) -> Result<Choice> {
     let sd_in = |dir: &Path| -> Result<Choice> {
         let variant = Variant::infer(dir).with_context(|| format!("reading {}", dir.display()))?;
         Ok(Choice::Sd { variant, dir: Some(dir.to_path_buf()) })
     };
     if let Some(variant) = Variant::from_name(model) {
-        return Ok(Choice::Sd { variant, dir: args.weights_dir.clone() });
+        return Ok(Choice::Sd { variant, dir: weights_dir.map(Path::to_path_buf) });
     }
-    if let Some(dir) = &args.weights_dir {
-        return if is_diffusers_dir(dir) { sd_in(dir) } else { Ok(Choice::Tiny(dir.clone())) };
+    if let Some(dir) = weights_dir {
+        return if is_diffusers_dir(dir) { sd_in(dir) } else { Ok(Choice::Tiny(dir.to_path_buf())) };
     }
     match model {
         "tiny-shapes" => Ok(Choice::Tiny(TinyShapes::default_dir())),
@@ -589,17 +624,33 @@ fn sample(
     images(out)
 }
 
-fn output_path(template: &str, params: &Params, index: usize, count: usize) -> PathBuf {
-    let mut path =
-        template.replace("{seed}", &params.seed.to_string()).replace("{index}", &index.to_string());
-    if count > 1 && !template.contains("{seed}") && !template.contains("{index}") {
-        // Several images, one name: number them rather than overwrite.
-        let p = Path::new(&path);
-        let stem = p.file_stem().map_or("image".into(), |s| s.to_string_lossy().into_owned());
-        let ext = p.extension().map_or("png".into(), |e| e.to_string_lossy().into_owned());
-        path = p.with_file_name(format!("{stem}-{index}.{ext}")).to_string_lossy().into_owned();
+/// Each job's file (by job index): the template with `{seed}` and `{index}` filled in, and
+/// numbered `-{index}` where two jobs would get one name (one name for several images, or
+/// prompts-file lines that share a seed), so no image of a run overwrites another.
+fn output_paths(template: &str, jobs: &[Job]) -> Vec<PathBuf> {
+    let named: Vec<String> = jobs
+        .iter()
+        .map(|j| {
+            template.replace("{seed}", &j.params.seed.to_string()).replace("{index}", &j.index.to_string())
+        })
+        .collect();
+    let mut uses = std::collections::HashMap::<&str, usize>::new();
+    for name in &named {
+        *uses.entry(name).or_default() += 1;
     }
-    PathBuf::from(path)
+    named
+        .iter()
+        .zip(jobs)
+        .map(|(name, job)| {
+            let p = Path::new(name);
+            if uses[name.as_str()] == 1 {
+                return p.to_path_buf();
+            }
+            let stem = p.file_stem().map_or("image".into(), |s| s.to_string_lossy().into_owned());
+            let ext = p.extension().map_or("png".into(), |e| e.to_string_lossy().into_owned());
+            p.with_file_name(format!("{stem}-{}.{ext}", job.index))
+        })
+        .collect()
 }
 
 /// Writes `[3, H, W]` in [-1, 1] as an RGB PNG with the `parameters` chunk, through a
@@ -623,7 +674,7 @@ fn write_png(path: &Path, image: &Tensor, params: &Params) -> Result<()> {
         let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), w as u32, h as u32);
         encoder.set_color(png::ColorType::Rgb);
         encoder.set_depth(png::BitDepth::Eight);
-        encoder.add_text_chunk("parameters".into(), params.to_text())?;
+        params.add_to_png(&mut encoder)?;
         let mut writer = encoder.write_header()?;
         writer.write_image_data(&rgb)?;
         writer.finish()?;

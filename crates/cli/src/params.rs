@@ -7,6 +7,9 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
+/// The PNG text keyword A1111, ComfyUI's readers and stable-diffusion.cpp use.
+const KEYWORD: &str = "parameters";
+
 /// Everything needed to regenerate one image.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Params {
@@ -26,6 +29,10 @@ pub struct Params {
     pub width: usize,
     pub height: usize,
     pub model: String,
+    /// The folder the weights were read from (`--weights-dir`), when not the model's default.
+    pub weights: Option<String>,
+    /// The compute dtype, when not f32.
+    pub dtype: Option<String>,
     /// The step policy that chose `steps` (`--steps auto`).
     pub step_policy: Option<String>,
 }
@@ -55,6 +62,12 @@ impl Params {
         if let Some(sigmas) = &self.sigmas {
             fields.push(("Sigmas", sigmas.clone()));
         }
+        if let Some(weights) = &self.weights {
+            fields.push(("Weights", weights.clone()));
+        }
+        if let Some(dtype) = &self.dtype {
+            fields.push(("Dtype", dtype.clone()));
+        }
         if let Some(policy) = &self.step_policy {
             fields.push(("Step policy", policy.clone()));
         }
@@ -73,7 +86,9 @@ impl Params {
         text
     }
 
-    /// Parses what [`Params::to_text`] writes (and A1111's own text, for the fields we know).
+    /// Parses what [`Params::to_text`] writes, and A1111's own text for the fields we know
+    /// (its sampler and schedule names are mapped to ours: "DPM++ 2M Karras" is dpmpp_2m with
+    /// the karras schedule; its checkpoint names mean nothing here, so pass --model).
     pub fn from_text(text: &str) -> Result<Self> {
         let (head, fields_line) = text.rsplit_once('\n').context("no parameter line after the prompt")?;
         let (prompt, negative) = match head.split_once("\nNegative prompt: ") {
@@ -87,12 +102,15 @@ impl Params {
             .split_once('x')
             .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
             .context("Size must be WxH")?;
+        let (sampler, implied_schedule) = sampler_name(&need("Sampler")?);
+        let scheduler =
+            get("Schedule type").map(|s| schedule_name(&s)).or(implied_schedule.map(String::from));
         Ok(Self {
             prompt,
             negative_prompt: negative,
             steps: need("Steps")?.parse().context("Steps")?,
-            sampler: need("Sampler")?,
-            scheduler: get("Schedule type").unwrap_or_else(|| "uniform".into()),
+            sampler,
+            scheduler: scheduler.unwrap_or_else(|| "uniform".into()),
             sigmas: get("Sigmas"),
             eta: get("Eta").map(|e| e.parse()).transpose().context("Eta")?,
             rtol: get("RTol").map(|e| e.parse()).transpose().context("RTol")?,
@@ -102,23 +120,79 @@ impl Params {
             width,
             height,
             model: get("Model").unwrap_or_else(|| "tiny-shapes".into()),
+            weights: get("Weights"),
+            dtype: get("Dtype"),
             step_policy: get("Step policy"),
         })
     }
 
-    /// Reads the `parameters` text chunk of a PNG.
+    /// Reads the `parameters` text chunk of a PNG (tEXt, or iTXt / zTXt as A1111 and PIL write
+    /// for text that Latin-1 cannot hold or that is compressed).
     pub fn from_png(path: &Path) -> Result<Self> {
         let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         let decoder = png::Decoder::new(std::io::BufReader::new(file));
         let reader = decoder.read_info().with_context(|| format!("{} is not a PNG", path.display()))?;
-        let text = reader
-            .info()
-            .uncompressed_latin1_text
-            .iter()
-            .find(|t| t.keyword == "parameters")
-            .map(|t| t.text.clone())
-            .with_context(|| format!("{} has no `parameters` text chunk", path.display()))?;
+        let info = reader.info();
+        let plain =
+            info.uncompressed_latin1_text.iter().find(|t| t.keyword == KEYWORD).map(|t| Ok(t.text.clone()));
+        let unicode = || info.utf8_text.iter().find(|t| t.keyword == KEYWORD).map(|t| t.get_text());
+        let compressed =
+            || info.compressed_latin1_text.iter().find(|t| t.keyword == KEYWORD).map(|t| t.get_text());
+        let text = plain
+            .or_else(unicode)
+            .or_else(compressed)
+            .with_context(|| format!("{} has no `parameters` text chunk", path.display()))?
+            .with_context(|| format!("{}: unreadable `parameters` text", path.display()))?;
         Self::from_text(&text)
+    }
+
+    /// Adds the `parameters` chunk to a PNG being written: tEXt when Latin-1 holds the text,
+    /// else iTXt (UTF-8), so prompts with curly quotes, dashes or any script are kept.
+    pub fn add_to_png<W: std::io::Write>(&self, encoder: &mut png::Encoder<W>) -> Result<()> {
+        let text = self.to_text();
+        if text.chars().all(|c| u32::from(c) <= 0xff) {
+            encoder.add_text_chunk(KEYWORD.into(), text)?;
+        } else {
+            encoder.add_itxt_chunk(KEYWORD.into(), text)?;
+        }
+        Ok(())
+    }
+}
+
+/// A sampler name in our spelling, and the schedule an A1111 name implies: A1111 writes
+/// "DPM++ 2M" (and, before its schedule field, "DPM++ 2M Karras").
+fn sampler_name(name: &str) -> (String, Option<&'static str>) {
+    const A1111: [(&str, &str); 11] = [
+        ("Euler a", "euler_ancestral"),
+        ("Euler", "euler"),
+        ("Heun", "heun"),
+        ("DDIM", "ddim"),
+        ("DPM++ 2M SDE", "dpmpp_2m_sde"),
+        ("DPM++ 3M SDE", "dpmpp_3m_sde"),
+        ("DPM++ 2M", "dpmpp_2m"),
+        ("DPM++ 3M", "dpmpp_3m"),
+        ("DPM++ 2S a", "dpmpp_2s_ancestral"),
+        ("DPM++ 2S", "dpmpp_2s"),
+        ("DPM adaptive", "dpm_adaptive"),
+    ];
+    let (base, schedule) = match name.strip_suffix(" Karras") {
+        Some(base) => (base, Some("karras")),
+        None => match name.strip_suffix(" Exponential") {
+            Some(base) => (base, Some("exponential")),
+            None => (name, None),
+        },
+    };
+    match A1111.iter().find(|(a, _)| *a == base) {
+        Some((_, ours)) => (ours.to_string(), schedule),
+        None => (name.to_string(), None),
+    }
+}
+
+/// A schedule name in our spelling (A1111 capitalises: "Karras", "Exponential", "Uniform").
+fn schedule_name(name: &str) -> String {
+    match name {
+        "Karras" | "Exponential" | "Uniform" => name.to_lowercase(),
+        other => other.to_string(),
     }
 }
 
@@ -167,7 +241,9 @@ mod tests {
             seed: 42,
             width: 32,
             height: 32,
-            model: "tiny-shapes".into(),
+            model: "sd15".into(),
+            weights: Some("/models/my-finetune".into()),
+            dtype: Some("f16".into()),
             step_policy: Some("models/tiny-shapes/policy".into()),
         };
         let text = params.to_text();
@@ -179,8 +255,23 @@ mod tests {
             eta: None,
             rtol: None,
             step_policy: None,
+            weights: None,
+            dtype: None,
             ..params
         };
         assert_eq!(Params::from_text(&plain.to_text()).unwrap(), plain);
+    }
+
+    /// A1111's own parameters text (the layout of its PNG infotext, values as it writes them).
+    #[test]
+    fn a1111_names_are_read_as_ours() {
+        let text = "a cat\nNegative prompt: blurry\nSteps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7, \
+                    Seed: 1234, Size: 512x512, Model hash: 6ce0161689, Model: v1-5-pruned-emaonly";
+        let p = Params::from_text(text).unwrap();
+        assert_eq!((p.sampler.as_str(), p.scheduler.as_str()), ("dpmpp_2m", "karras"));
+        let text = "a cat\nSteps: 20, Sampler: Euler a, Schedule type: Exponential, CFG scale: 7, \
+                    Seed: 1, Size: 512x512";
+        let p = Params::from_text(text).unwrap();
+        assert_eq!((p.sampler.as_str(), p.scheduler.as_str()), ("euler_ancestral", "exponential"));
     }
 }

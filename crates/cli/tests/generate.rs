@@ -68,17 +68,63 @@ fn same_seed_same_pixels_on_any_thread_count_and_from_metadata() {
     let a = run("a.png", "1");
     assert_eq!(a, run("b.png", "1"), "same seed twice");
     assert_eq!(a, run("c.png", "2"), "1 versus 2 threads");
+    // The metadata names the weights folder (--weights-dir here), so --from alone finds it.
     let out = stride()
         .current_dir(&dir)
-        .args(["generate", "--quiet", "--weights-dir"])
+        .args(["generate", "--quiet", "two green crosses", "--seed", "7", "--steps", "3"])
+        .args(["--sampler", "dpmpp_2m_sde", "-o", "d.png", "--weights-dir"])
         .arg(model())
-        .arg("--from")
-        .arg(dir.join("a.png"))
-        .args(["-o", "again.png"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(pixels(&dir.join("d.png")).2, a);
+    let from = |source: &str, extra: &[&str]| {
+        stride()
+            .current_dir(&dir)
+            .args(["generate", "--quiet", "--from", source])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = from("d.png", &["-o", "again.png"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(pixels(&dir.join("again.png")).2, a, "--from regenerates the same pixels");
+    // --from never overwrites its source, and takes all its settings from it.
+    for (extra, expected) in
+        [(&["-o", "d.png"][..], "the one it regenerates"), (&["--seed", "8"][..], "--seed")]
+    {
+        let out = from("d.png", extra);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(expected), "{extra:?}: {stderr}");
+    }
+    assert_eq!(pixels(&dir.join("d.png")).2, a);
+}
+
+/// Prompts that Latin-1 cannot hold are stored (as iTXt) and read back; prompts-file lines
+/// that share a seed get numbered files instead of overwriting one another.
+#[test]
+fn unicode_prompts_are_kept_and_no_image_overwrites_another() {
+    let dir = temp_dir("names");
+    let prompt = "a red circle \u{2014} \u{201c}red\u{201d}";
+    let out = generate(&dir, &[prompt, "--seed", "3", "--steps", "2", "-o", "u.png"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let info = stride().arg("info").arg(dir.join("u.png")).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&info.stdout).starts_with(prompt),
+        "{}",
+        String::from_utf8_lossy(&info.stdout)
+    );
+
+    std::fs::write(dir.join("prompts.txt"), "a red circle\na blue square\n").unwrap();
+    let out = generate(&dir, &["--prompts-file", "prompts.txt", "--seed", "5", "--steps", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let prompt_of = |name: &str| {
+        let info = stride().arg("info").arg(dir.join(name)).output().unwrap();
+        String::from_utf8_lossy(&info.stdout).lines().next().unwrap_or_default().to_string()
+    };
+    assert_eq!(prompt_of("stride-5-0.png"), "a red circle");
+    assert_eq!(prompt_of("stride-5-1.png"), "a blue square");
+    assert!(!dir.join("stride-5.png").exists());
 }
 
 #[test]

@@ -486,7 +486,9 @@ impl AdaptiveSde {
         let mut stats = AdaptiveStats::new("adaptive_sde", self.max_nfe, sigma_min, batch);
         let reserve = usize::from(self.denoise != FinalDenoise::None);
         let mut t = vec![t_start; batch];
-        let mut h = vec![self.h_init; batch];
+        // The reference starts at h_init whatever the range; a first step past t_end would
+        // leave the process's time range, so it is capped (no change on the full range).
+        let mut h = vec![self.h_init.min(t_start - t_end); batch];
         let mut capped = vec![false; batch];
         let mut x_prev = x.clone();
         let mut x = x;

@@ -33,6 +33,13 @@ pub enum Parameterization {
 ///     fn predict(&self, x: &Tensor, _sigmas: &[f64]) -> Result<Tensor> { x.zeros_like() }
 /// }
 /// ```
+/// Whether classifier-free guidance at `scale` needs the unconditional prediction. As in
+/// diffusers, only a scale above 1 guides; at or below 1 the conditional prediction is used
+/// alone (SD-Turbo's and SDXL-Turbo's model cards sample at scale 0).
+pub fn cfg_guides(scale: f64) -> bool {
+    scale > 1.0
+}
+
 pub trait Denoiser {
     /// The forward process the model was trained with.
     fn schedule(&self) -> &NoiseSchedule;

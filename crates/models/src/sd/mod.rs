@@ -373,9 +373,19 @@ impl StableDiffusion {
                 .map_err(|e| unfit(&path, e))?;
             let folder = if i == 0 { "tokenizer" } else { "tokenizer_2" };
             let local = weights_dir.map(|d| d.join(folder).join("tokenizer.json")).filter(|p| p.is_file());
-            let tokenizer_path = match local {
-                Some(p) => p,
-                None => hub.get(TOKENIZER_REPOS[i.min(1)], "tokenizer.json")?,
+            let repo = TOKENIZER_REPOS[i.min(1)];
+            let tokenizer_path = match (local, weights_dir) {
+                (Some(p), _) => p,
+                (None, None) => hub.get(repo, "tokenizer.json")?,
+                // A diffusers folder ships vocab.json and merges.txt, which stride does not read:
+                // say where a tokenizer.json goes when the Hub cannot supply one.
+                (None, Some(dir)) => hub.get(repo, "tokenizer.json").map_err(|e| SdError::File {
+                    path: dir.join(folder).join("tokenizer.json"),
+                    reason: format!(
+                        "missing, and the Hub's copy ({repo}) is unavailable: copy {repo}'s \
+                         tokenizer.json there ({e})"
+                    ),
+                })?,
             };
             let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path)
                 .map_err(|e| SdError::File { path: tokenizer_path.clone(), reason: e.to_string() })?;
@@ -455,7 +465,8 @@ impl StableDiffusion {
         width: usize,
         height: usize,
     ) -> Result<Guided<'_>, SdError> {
-        let cond = self.encode_prompts(prompts, negative, cfg_scale != 1.0, width, height)?;
+        let cond =
+            self.encode_prompts(prompts, negative, stride_solvers::cfg_guides(cfg_scale), width, height)?;
         self.guided(cond, cfg_scale)
     }
 
@@ -472,7 +483,7 @@ impl StableDiffusion {
                 self.unet.cross_attention_dim
             )));
         }
-        let guided = cfg_scale != 1.0;
+        let guided = stride_solvers::cfg_guides(cfg_scale);
         if guided && rows % 2 != 0 {
             return Err(SdError::Config(format!(
                 "guidance needs conditional and unconditional rows, got {rows}"
@@ -554,7 +565,7 @@ impl Guided<'_> {
             );
         }
         let mut index: Vec<u32> = samples.iter().map(|&s| s as u32).collect();
-        if self.cfg_scale != 1.0 {
+        if stride_solvers::cfg_guides(self.cfg_scale) {
             index.extend(samples.iter().map(|&s| (self.samples + s) as u32));
         }
         let index = Tensor::new(index, self.context.device())?;
@@ -586,7 +597,7 @@ impl Denoiser for Guided<'_> {
         }
         let mut t: Vec<f64> = sigmas.iter().map(|&s| self.model.schedule.t_at(s)).collect();
         let xin = x.to_dtype(self.model.dtype)?;
-        let guided = self.cfg_scale != 1.0;
+        let guided = stride_solvers::cfg_guides(self.cfg_scale);
         let xin = if guided {
             t.extend_from_within(..);
             Tensor::cat(&[&xin, &xin], 0)?

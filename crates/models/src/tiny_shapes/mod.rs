@@ -106,7 +106,7 @@ impl TinyShapes {
             return Err(ModelError::Prompt(format!("cfg scale must be a finite number, got {cfg_scale}")));
         }
         let mut all: Vec<&str> = prompts.to_vec();
-        if cfg_scale != 1.0 {
+        if stride_solvers::cfg_guides(cfg_scale) {
             all.extend(std::iter::repeat_n(negative, prompts.len()));
         }
         let tokens = self.tokenize(&all)?;
@@ -135,12 +135,16 @@ impl Guided<'_> {
     /// allowed): the text encodings are gathered, not recomputed. For the distiller, whose
     /// batches mix calibration samples.
     pub fn rows(&self, prompts: &[usize]) -> candle_core::Result<Self> {
-        let n = if self.cfg_scale == 1.0 { self.text.dim(0)? } else { self.text.dim(0)? / 2 };
+        let n = if !stride_solvers::cfg_guides(self.cfg_scale) {
+            self.text.dim(0)?
+        } else {
+            self.text.dim(0)? / 2
+        };
         if let Some(&bad) = prompts.iter().find(|&&p| p >= n) {
             candle_core::bail!("prompt index {bad} out of range: the denoiser holds {n} prompts");
         }
         let mut index: Vec<u32> = prompts.iter().map(|&p| p as u32).collect();
-        if self.cfg_scale != 1.0 {
+        if stride_solvers::cfg_guides(self.cfg_scale) {
             index.extend(prompts.iter().map(|&p| (n + p) as u32));
         }
         let index = Tensor::new(index, self.text.device())?;
@@ -168,7 +172,7 @@ impl Denoiser for Guided<'_> {
             sigmas.iter().map(|&s| if s.is_infinite() { 1.0 } else { (s / (1.0 + s)) as f32 }).collect();
         let t = Tensor::new(t, x.device())?;
         let x32 = x.to_dtype(DType::F32)?;
-        let out = if self.cfg_scale == 1.0 {
+        let out = if !stride_solvers::cfg_guides(self.cfg_scale) {
             self.model.net.forward(&x32, &t, &self.text, &self.mask)?
         } else {
             let b = x.dim(0)?;
