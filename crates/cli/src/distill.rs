@@ -267,15 +267,19 @@ impl RowDenoiser for PromptRows<'_> {
 
 /// A loaded model and what the schedule file says about it.
 enum Loaded {
-    Tiny { model: Box<TinyShapes>, hash: String },
-    Sd(Box<StableDiffusion>),
+    Tiny {
+        model: Box<TinyShapes>,
+        hash: String,
+    },
+    /// The model and the diffusers folder it came from, if any.
+    Sd(Box<StableDiffusion>, Option<PathBuf>),
 }
 
 fn load_model(args: &JobArgs, device: &candle_core::Device) -> Result<Loaded> {
     let sd = |variant: Variant, dir: Option<PathBuf>| -> Result<Loaded> {
         let sd = StableDiffusion::load(variant, dir.as_deref(), device, DType::F32)
             .with_context(|| format!("loading {variant}"))?;
-        Ok(Loaded::Sd(Box::new(sd)))
+        Ok(Loaded::Sd(Box::new(sd), dir))
     };
     if let Some(variant) = Variant::from_name(&args.model) {
         return sd(variant, args.weights_dir.clone());
@@ -337,12 +341,12 @@ fn run_job(args: JobArgs) -> Result<()> {
                     hash.clone(),
                 )
             }
-            Loaded::Sd(sd) => {
+            Loaded::Sd(sd, dir) => {
                 anyhow::ensure!(
                     args.prompts.is_some(),
                     "--prompts FILE: Stable Diffusion needs calibration prompts (the default ones are tiny-shapes')"
                 );
-                let d = sd.variant.defaults();
+                let d = sd.variant.defaults_in(dir.as_deref());
                 let (w, h) = (args.width.unwrap_or(d.width), args.height.unwrap_or(d.height));
                 let dims = sd.latent_dims(1, w, h)?;
                 // The weights are gigabytes in the hub cache; the variant's name identifies them.

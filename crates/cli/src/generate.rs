@@ -328,8 +328,8 @@ fn line_params(args: &Args, choice: &Choice, line: &Line, seed: u64) -> Result<P
     }
     let (steps, scheduler, cfg_scale, width, height) = match choice {
         Choice::Tiny(_) => (20, "uniform", 3.0, stride_shapes::SIDE, stride_shapes::SIDE),
-        Choice::Sd { variant, .. } => {
-            let d = variant.defaults();
+        Choice::Sd { variant, dir } => {
+            let d = variant.defaults_in(dir.as_deref());
             (d.steps, d.scheduler, d.cfg_scale, d.width, d.height)
         }
     };

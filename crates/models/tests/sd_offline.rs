@@ -155,6 +155,9 @@ fn tiny_sd15_folder_loads_samples_two_steps_and_decodes() -> Result<()> {
     let hub = Hub::offline(dir.join("no-cache"));
     let sd = StableDiffusion::load_denoiser(Variant::Sd15, Some(&dir), &hub, &dev, DType::F32)?;
     assert_eq!(sd.prediction, Parameterization::Epsilon);
+    // The folder's own size (UNet sample_size 8: 64 px) and spacing (none given: leading).
+    let d = Variant::Sd15.defaults_in(Some(&dir));
+    assert_eq!((d.width, d.height, d.scheduler), (64, 64, "leading"));
     assert_eq!(sd.latent_scale, 0.18215);
     assert_eq!(sd.downscale, 8);
     assert_eq!(sd.schedule, NoiseSchedule::Discrete(DiscreteSchedule::stable_diffusion()));
@@ -245,6 +248,34 @@ fn tiny_sd15_folder_loads_samples_two_steps_and_decodes() -> Result<()> {
 
 fn x_for(dev: &Device) -> Result<Tensor> {
     Ok(Tensor::ones((1, 4, 8, 8), DType::F32, dev)?)
+}
+
+/// A folder's variant and defaults come from its configs: a 2.x UNet is SD 2.1, or SD-Turbo
+/// (1 step, no guidance) when its scheduler spaces steps `trailing`; the size is the UNet's
+/// `sample_size` (64 latents: SD 2.1-base's 512 px, not 2.1's 768).
+#[test]
+fn folder_variant_and_defaults_come_from_its_configs() -> Result<()> {
+    let dir = temp_dir("infer");
+    for sub in ["unet", "scheduler"] {
+        std::fs::create_dir_all(dir.join(sub))?;
+    }
+    let mut unet = unet_json();
+    unet["cross_attention_dim"] = 1024.into();
+    unet["sample_size"] = 64.into();
+    std::fs::write(dir.join("unet/config.json"), unet.to_string())?;
+    let spacing = |s: &str| {
+        let json = serde_json::json!({ "timestep_spacing": s });
+        std::fs::write(dir.join("scheduler/scheduler_config.json"), json.to_string())
+    };
+    spacing("leading")?;
+    assert_eq!(Variant::infer(&dir)?, Variant::Sd21);
+    let d = Variant::Sd21.defaults_in(Some(&dir));
+    assert_eq!((d.width, d.steps, d.scheduler), (512, 30, "leading"));
+    spacing("trailing")?;
+    assert_eq!(Variant::infer(&dir)?, Variant::SdTurbo);
+    let d = Variant::SdTurbo.defaults_in(Some(&dir));
+    assert_eq!((d.width, d.steps, d.cfg_scale, d.scheduler), (512, 1, 1.0, "trailing"));
+    Ok(())
 }
 
 #[test]

@@ -103,6 +103,9 @@ pub struct UnetJson {
     pub class_embed_type: Option<String>,
     #[serde(default)]
     pub time_cond_proj_dim: Option<usize>,
+    /// The latent side it was trained at (64 for 512 px, 96 for 768, 128 for 1024).
+    #[serde(default)]
+    pub sample_size: Option<usize>,
 }
 
 /// SDXL's extra conditioning: `add_time_ids` through sinusoidal features of width

@@ -91,7 +91,7 @@ pub enum Variant {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Defaults {
     pub steps: usize,
-    /// Classifier-free guidance scale (1 = none).
+    /// Classifier-free guidance scale (at most 1: none).
     pub cfg_scale: f64,
     /// Step spacing, a `--scheduler` name (diffusers': `leading`, or `trailing` for Turbo).
     pub scheduler: &'static str,
@@ -184,17 +184,49 @@ impl Variant {
     }
 
     /// The variant a diffusers folder's `unet/config.json` describes (XL when it has the
-    /// text-time embedding, 2.x when its cross-attention is 1024 wide, else 1.x).
+    /// text-time embedding, 2.x when its cross-attention is 1024 wide, else 1.x); a 2.x or XL
+    /// folder whose scheduler spaces steps `trailing` is a few-step distillation: Turbo.
     pub fn infer(dir: &Path) -> Result<Self, SdError> {
         let json = UnetJson::read(&dir.join("unet/config.json"))?;
+        let trailing = folder_spacing(dir).as_deref() == Some("trailing");
         Ok(if json.addition_embed_type.as_deref() == Some("text_time") {
-            Variant::Sdxl
+            if trailing {
+                Variant::SdxlTurbo
+            } else {
+                Variant::Sdxl
+            }
         } else if json.cross_attention_dim == 1024 {
-            Variant::Sd21
+            if trailing {
+                Variant::SdTurbo
+            } else {
+                Variant::Sd21
+            }
         } else {
             Variant::Sd15
         })
     }
+
+    /// [`Self::defaults`], with a diffusers folder's own image size (its UNet's
+    /// `sample_size`: SD 2.1-base is 512 px where 2.1 is 768) and step spacing.
+    pub fn defaults_in(self, dir: Option<&Path>) -> Defaults {
+        let mut d = self.defaults();
+        let Some(dir) = dir else { return d };
+        if let Some(side) = UnetJson::read(&dir.join("unet/config.json")).ok().and_then(|u| u.sample_size) {
+            (d.width, d.height) = (side * 8, side * 8);
+        }
+        d.scheduler = match folder_spacing(dir).as_deref() {
+            Some("leading") => "leading",
+            Some("trailing") => "trailing",
+            Some("linspace") => "linspace",
+            _ => d.scheduler,
+        };
+        d
+    }
+}
+
+/// The `timestep_spacing` of a diffusers folder's scheduler, if it says.
+fn folder_spacing(dir: &Path) -> Option<String> {
+    SchedulerJson::read(&dir.join("scheduler/scheduler_config.json")).ok()?.timestep_spacing
 }
 
 impl fmt::Display for Variant {
