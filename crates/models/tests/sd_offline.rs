@@ -1,8 +1,9 @@
 //! Stable Diffusion without the Hub: a tiny random UNet and VAE written in the diffusers
 //! layout are loaded through the code that loads SD 1.5, sampled for two solver steps and
 //! decoded; the loader's UNet is checked against candle's own on the same weights; candle's
-//! CLIP runs on random weights and token ids; the offline and missing-file errors name what
-//! was needed.
+//! CLIP runs on random weights and token ids; the CLIP tokenizer built from a folder's
+//! vocab.json and merges.txt matches transformers'; the offline and missing-file errors name
+//! what was needed.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,8 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use candle_transformers::models::stable_diffusion::{clip, unet_2d, vae};
 use stride_models::sd::{
-    ClipEncoder, ClipTokenizer, Conditioning, Hub, Layer, SdError, StableDiffusion, Variant,
+    clip_tokenizer_from_bpe, ClipEncoder, ClipTokenizer, Conditioning, Hub, Layer, SdError, StableDiffusion,
+    Variant,
 };
 use stride_solvers::{
     Denoiser, DiscreteSchedule, NoiseSchedule, Parameterization, Sampler, Scheduler, TorchNoise,
@@ -320,6 +322,33 @@ fn toy_clip_tokenizer() -> Result<tokenizers::Tokenizer> {
         .build()?;
     tokenizer.with_post_processor(Some(template));
     Ok(tokenizer)
+}
+
+/// The tokenizer built from a diffusers folder's `vocab.json` and `merges.txt` gives exactly
+/// the ids of transformers' `CLIPTokenizer` (what diffusers loads) on the same files: a
+/// 3000-merge cut of CLIP's BPE and prompts with capitals, runs of whitespace, contractions,
+/// digits, accents, curly quotes, CJK, an emoji and a special token
+/// (`tests/golden/clip_toy`, written by `scripts/golden/clip_tokenizer.py`).
+#[test]
+fn clip_tokenizer_from_vocab_and_merges_matches_transformers() -> Result<()> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden/clip_toy");
+    let tokenizer = clip_tokenizer_from_bpe(&dir.join("vocab.json"), &dir.join("merges.txt"))?;
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json"))?)?;
+    let cases = expected["cases"].as_array().ok_or("no cases")?;
+    assert!(cases.len() >= 9);
+    for case in cases {
+        let prompt = case["prompt"].as_str().ok_or("no prompt")?;
+        let ids: Vec<u32> = case["ids"]
+            .as_array()
+            .ok_or("no ids")?
+            .iter()
+            .filter_map(|v| v.as_u64())
+            .map(|v| v as u32)
+            .collect();
+        assert_eq!(tokenizer.encode(prompt, true)?.get_ids(), ids, "{prompt:?}");
+    }
+    Ok(())
 }
 
 #[test]

@@ -31,7 +31,7 @@ use stride_solvers::{DiscreteSchedule, NoiseSchedule, Parameterization};
 
 pub use config::{SchedulerJson, TextTime, UnetJson, VaeJson};
 pub use hub::{Hub, Source};
-pub use text::{ClipEncoder, ClipTokenizer, Layer};
+pub use text::{clip_tokenizer_from_bpe, ClipEncoder, ClipTokenizer, Layer};
 pub use unet::{Added, Unet};
 
 /// Why a Stable Diffusion model could not be loaded or run.
@@ -224,6 +224,21 @@ impl Variant {
     }
 }
 
+/// A CLIP tokenizer and the file it came from: the local folder's `FOLDER/tokenizer.json`
+/// when it has one, else the model's `FOLDER/vocab.json` and `merges.txt` (from the folder,
+/// the cache or the Hub: what the diffusers repositories ship), built as transformers builds
+/// CLIP's tokenizer.
+fn load_tokenizer(source: &Source, folder: &str) -> Result<(tokenizers::Tokenizer, PathBuf), SdError> {
+    if let Some(json) = source.dir.map(|d| d.join(folder).join("tokenizer.json")).filter(|p| p.is_file()) {
+        let tokenizer = tokenizers::Tokenizer::from_file(&json)
+            .map_err(|e| SdError::File { path: json.clone(), reason: e.to_string() })?;
+        return Ok((tokenizer, json));
+    }
+    let vocab = source.get(&format!("{folder}/vocab.json"))?;
+    let merges = source.get(&format!("{folder}/merges.txt"))?;
+    Ok((text::clip_tokenizer_from_bpe(&vocab, &merges)?, vocab))
+}
+
 /// The `timestep_spacing` of a diffusers folder's scheduler, if it says.
 fn folder_spacing(dir: &Path) -> Option<String> {
     SchedulerJson::read(&dir.join("scheduler/scheduler_config.json")).ok()?.timestep_spacing
@@ -242,11 +257,6 @@ struct EncoderSpec {
     pad_with: Option<&'static str>,
     projection: Option<usize>,
 }
-
-/// Where the CLIP `tokenizer.json` files come from when a folder has none (the diffusers
-/// repositories ship only `vocab.json` / `merges.txt`).
-const TOKENIZER_REPOS: [&str; 2] =
-    ["openai/clip-vit-base-patch32", "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k"];
 
 /// A loaded Stable Diffusion model.
 pub struct StableDiffusion {
@@ -394,7 +404,7 @@ impl StableDiffusion {
     }
 
     /// Loads the variant's CLIP text encoders and tokenizers (`tokenizer*/tokenizer.json` from
-    /// the folder when present, else the CLIP repositories on the Hub).
+    /// the folder when present, else the model's `tokenizer*/vocab.json` and `merges.txt`).
     pub fn load_text_encoders(&mut self, weights_dir: Option<&Path>, hub: &Hub) -> Result<(), SdError> {
         let source = Source { repo: self.variant.repo(), dir: weights_dir, hub };
         let mut encoders = Vec::new();
@@ -404,23 +414,7 @@ impl StableDiffusion {
             let mut encoder = ClipEncoder::new(vb, &spec.config, spec.layer, spec.projection)
                 .map_err(|e| unfit(&path, e))?;
             let folder = if i == 0 { "tokenizer" } else { "tokenizer_2" };
-            let local = weights_dir.map(|d| d.join(folder).join("tokenizer.json")).filter(|p| p.is_file());
-            let repo = TOKENIZER_REPOS[i.min(1)];
-            let tokenizer_path = match (local, weights_dir) {
-                (Some(p), _) => p,
-                (None, None) => hub.get(repo, "tokenizer.json")?,
-                // A diffusers folder ships vocab.json and merges.txt, which stride does not read:
-                // say where a tokenizer.json goes when the Hub cannot supply one.
-                (None, Some(dir)) => hub.get(repo, "tokenizer.json").map_err(|e| SdError::File {
-                    path: dir.join(folder).join("tokenizer.json"),
-                    reason: format!(
-                        "missing, and the Hub's copy ({repo}) is unavailable: copy {repo}'s \
-                         tokenizer.json there ({e})"
-                    ),
-                })?,
-            };
-            let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path)
-                .map_err(|e| SdError::File { path: tokenizer_path.clone(), reason: e.to_string() })?;
+            let (tokenizer, tokenizer_path) = load_tokenizer(&source, folder)?;
             let max_len = spec.config.max_position_embeddings;
             encoder.tokenizer = Some(
                 ClipTokenizer::new(tokenizer, max_len, spec.pad_with)

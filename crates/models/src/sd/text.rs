@@ -21,6 +21,67 @@ pub enum Layer {
     Penultimate,
 }
 
+/// CLIP's tokenizer from the `vocab.json` and `merges.txt` a diffusers folder ships in
+/// `tokenizer/` (Stable Diffusion repositories have no `tokenizer.json`), built as
+/// transformers' `CLIPTokenizer` builds it: NFC, whitespace runs to one space, lower case;
+/// split into special tokens, contractions, letter runs, single digits and punctuation runs;
+/// byte-level BPE with `</w>` closing each word; `<|startoftext|> ... <|endoftext|>` around.
+pub fn clip_tokenizer_from_bpe(
+    vocab: &std::path::Path,
+    merges: &std::path::Path,
+) -> std::result::Result<Tokenizer, SdError> {
+    use tokenizers::models::bpe::BPE;
+    use tokenizers::normalizers::{Lowercase, Replace, Sequence as Normalizers, NFC};
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizers;
+    use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+    use tokenizers::processors::roberta::RobertaProcessing;
+    use tokenizers::{AddedToken, Model, SplitDelimiterBehavior};
+
+    const WORDS: &str =
+        r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+    let err = |e: tokenizers::Error| SdError::Tokenizer(e.to_string());
+    let (bos, eos) = ("<|startoftext|>", "<|endoftext|>");
+    let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+    let model = BPE::from_file(&path(vocab), &path(merges))
+        .unk_token(eos.into())
+        .end_of_word_suffix("</w>".into())
+        .build()
+        .map_err(|e| SdError::File {
+            path: vocab.to_path_buf(),
+            reason: format!("with {}: {e}", merges.display()),
+        })?;
+    let id = |t: &str| {
+        model.token_to_id(t).ok_or_else(|| SdError::File {
+            path: vocab.to_path_buf(),
+            reason: format!("no {t} token: not a CLIP vocabulary"),
+        })
+    };
+    let (bos_id, eos_id) = (id(bos)?, id(eos)?);
+    let mut tokenizer = Tokenizer::new(model);
+    tokenizer.with_normalizer(Some(Normalizers::new(vec![
+        NFC.into(),
+        Replace::new(tokenizers::normalizers::replace::ReplacePattern::Regex(r"\s+".into()), " ")
+            .map_err(err)?
+            .into(),
+        Lowercase.into(),
+    ])));
+    tokenizer.with_pre_tokenizer(Some(PreTokenizers::new(vec![
+        Split::new(SplitPattern::Regex(WORDS.into()), SplitDelimiterBehavior::Removed, true)
+            .map_err(err)?
+            .into(),
+        ByteLevel::new(false, true, true).into(),
+    ])));
+    tokenizer.with_decoder(Some(ByteLevel::default()));
+    tokenizer.with_post_processor(Some(
+        RobertaProcessing::new((eos.into(), eos_id), (bos.into(), bos_id))
+            .trim_offsets(false)
+            .add_prefix_space(false),
+    ));
+    tokenizer.add_special_tokens(&[AddedToken::from(bos, true), AddedToken::from(eos, true)]);
+    Ok(tokenizer)
+}
+
 /// The CLIP token ids a prompt becomes: `<|startoftext|> ... <|endoftext|>`, truncated to
 /// the context length (the end token kept) and padded.
 #[derive(Debug, Clone)]
