@@ -170,6 +170,9 @@ pub fn run(args: Args) -> Result<()> {
             Model::Sd(Box::new(sd))
         }
     };
+    if let Model::Sd(sd) = &model {
+        warn_long_prompts(sd, &jobs)?;
+    }
     let bars = MultiProgress::new();
     if args.quiet {
         bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -205,6 +208,24 @@ pub fn run(args: Args) -> Result<()> {
         start = end;
     }
     total.finish_and_clear();
+    Ok(())
+}
+
+/// CLIP reads 77 tokens: says which prompts lose their last words (once per prompt).
+fn warn_long_prompts(sd: &StableDiffusion, jobs: &[Job]) -> Result<()> {
+    let Some(tokenizer) = sd.text.first().and_then(|e| e.tokenizer.as_ref()) else { return Ok(()) };
+    let mut seen = std::collections::HashSet::new();
+    for text in jobs.iter().flat_map(|j| [&j.params.prompt, &j.params.negative_prompt]) {
+        if seen.insert(text) {
+            let dropped = tokenizer.dropped_tokens(text)?;
+            if dropped > 0 {
+                eprintln!(
+                    "warning: CLIP reads {} tokens; the last {dropped} of \"{text}\" are ignored",
+                    tokenizer.max_len - 2
+                );
+            }
+        }
+    }
     Ok(())
 }
 

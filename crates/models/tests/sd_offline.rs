@@ -361,6 +361,9 @@ fn clip_tokenizer_pads_and_truncates_like_the_reference() -> Result<()> {
     let ids = bang_pad.encode(&["a red circle", "a a a a a a a a a"], &dev)?.to_vec2::<u32>()?;
     assert_eq!(ids[0], vec![4, 1, 2, 3, 5, 0, 0, 0]);
     assert_eq!(ids[1], vec![4, 1, 1, 1, 1, 1, 1, 5], "truncation keeps the end token");
+    // Nine words and the two special tokens in a context of 8: three tokens dropped.
+    assert_eq!(bang_pad.dropped_tokens("a a a a a a a a a")?, 3);
+    assert_eq!(bang_pad.dropped_tokens("a red circle")?, 0);
     Ok(())
 }
 

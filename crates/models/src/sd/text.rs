@@ -108,6 +108,13 @@ impl ClipTokenizer {
         Ok(Self { tokenizer, max_len, eos, pad })
     }
 
+    /// How many of `prompt`'s tokens do not fit the context and are dropped (diffusers warns
+    /// the same way; A1111 and ComfyUI encode long prompts in chunks, stride does not).
+    pub fn dropped_tokens(&self, prompt: &str) -> std::result::Result<usize, SdError> {
+        let len = self.tokenizer.encode(prompt, true).map_err(|e| SdError::Tokenizer(e.to_string()))?.len();
+        Ok(len.saturating_sub(self.max_len))
+    }
+
     /// Token ids `[B, max_len]` (u32) of `prompts`.
     pub fn encode(&self, prompts: &[&str], device: &Device) -> std::result::Result<Tensor, SdError> {
         let mut all = Vec::with_capacity(prompts.len() * self.max_len);
