@@ -5,8 +5,11 @@ use candle_core::Device;
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum DeviceArg {
+    /// The CPU (CANDLE_NUM_THREADS threads, default all cores).
     Cpu,
+    /// The first NVIDIA GPU (a build with `--features cuda`).
     Cuda,
+    /// The Apple GPU (a build with `--features metal`).
     Metal,
 }
 

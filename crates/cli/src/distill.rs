@@ -33,7 +33,7 @@ use crate::work::{RunArgs, Shard, WorkDir};
 #[command(
     args_conflicts_with_subcommands = true,
     after_help = "Examples:
-  stride distill                                        # the shipped tiny-shapes schedules
+  stride distill --samples 16                           # the shipped tiny-shapes schedules
   stride distill --solver dpmpp_2m --nfe 5,10 --samples 16 --teacher-steps 100 --out my-schedules
   stride distill --prompts calibration.txt --solver euler --method exact   # the cheap mode
   stride distill --shard 3/8 --out runs/oss   # one of 8 machines; the last to finish merges
@@ -52,9 +52,10 @@ pub struct Args {
 enum DistillCommand {
     /// Combine the records of every shard of a job and write its schedule files.
     Merge {
-        /// The job's output folder (holding work/job.json and work/records-*.jsonl).
-        #[arg(long, default_value = "models/tiny-shapes/schedules")]
-        out: PathBuf,
+        /// The job's output folder, holding work/job.json and work/records-*.jsonl (default: the
+        /// bundled model's schedules/).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -67,9 +68,10 @@ struct JobArgs {
     /// Folder with a Stable Diffusion model's files (instead of the Hugging Face cache or Hub).
     #[arg(long)]
     weights_dir: Option<PathBuf>,
-    /// Stable Diffusion image size (default: the model's).
+    /// Stable Diffusion image width (default: the model's).
     #[arg(long)]
     width: Option<usize>,
+    /// Stable Diffusion image height (default: the model's).
     #[arg(long)]
     height: Option<usize>,
     /// Calibration prompts, one a line (sample i uses line i mod count). Default for
@@ -79,10 +81,11 @@ struct JobArgs {
     /// Calibration samples; sample i starts from seed `seed + i`.
     #[arg(long, default_value_t = 64)]
     samples: usize,
+    /// Seed of calibration sample 0.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Solvers to distill for (euler, ddim, dpmpp_2m, dpmpp_3m).
-    #[arg(long, value_delimiter = ',', default_value = "euler,dpmpp_2m")]
+    #[arg(long, alias = "sampler", value_delimiter = ',', default_value = "euler,dpmpp_2m")]
     solver: Vec<String>,
     /// Step counts (= model evaluations) to distill.
     #[arg(long, value_delimiter = ',', default_value = "5,8,10,15,20")]
@@ -102,14 +105,16 @@ struct JobArgs {
     /// How per-sample schedules become one: median or mean, per step, in sigma.
     #[arg(long, default_value = "median")]
     aggregate: String,
+    /// Classifier-free guidance of teacher and student (a schedule is distilled for one).
     #[arg(long, default_value_t = 3.0)]
     cfg_scale: f64,
     /// Calibration samples searched together (the unit of checkpointing and sharding).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, alias = "batch-size", default_value_t = 8)]
     batch: usize,
-    /// Output folder: the schedule files, and work/ with the job's checkpoint.
-    #[arg(long, default_value = "models/tiny-shapes/schedules")]
-    out: PathBuf,
+    /// Output folder: the schedule files, and work/ with the job's checkpoint (default for
+    /// tiny-shapes models: the model folder's schedules/, where --scheduler distilled looks).
+    #[arg(long)]
+    out: Option<PathBuf>,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -270,6 +275,7 @@ enum Loaded {
     Tiny {
         model: Box<TinyShapes>,
         hash: String,
+        dir: PathBuf,
     },
     /// The model and the diffusers folder it came from, if any.
     Sd(Box<StableDiffusion>, Option<PathBuf>),
@@ -277,6 +283,7 @@ enum Loaded {
 
 fn load_model(args: &JobArgs, device: &candle_core::Device) -> Result<Loaded> {
     let sd = |variant: Variant, dir: Option<PathBuf>| -> Result<Loaded> {
+        anyhow::ensure!(args.out.is_some(), "--out DIR: where to write {variant}'s schedules");
         let sd = StableDiffusion::load(variant, dir.as_deref(), device, DType::F32)
             .with_context(|| format!("loading {variant}"))?;
         Ok(Loaded::Sd(Box::new(sd), dir))
@@ -284,10 +291,7 @@ fn load_model(args: &JobArgs, device: &candle_core::Device) -> Result<Loaded> {
     if let Some(variant) = Variant::from_name(&args.model) {
         return sd(variant, args.weights_dir.clone());
     }
-    let dir = match args.model.as_str() {
-        "tiny-shapes" => TinyShapes::default_dir(),
-        other => PathBuf::from(other),
-    };
+    let dir = TinyShapes::dir_of(&args.model);
     if dir.join("unet/config.json").is_file() {
         let variant = Variant::infer(&dir).with_context(|| format!("reading {}", dir.display()))?;
         return sd(variant, Some(dir));
@@ -299,7 +303,7 @@ fn load_model(args: &JobArgs, device: &candle_core::Device) -> Result<Loaded> {
         Variant::ALL.map(|v| v.name()).join(", ")
     );
     let model = TinyShapes::load(&dir, device).with_context(|| format!("loading {}", dir.display()))?;
-    Ok(Loaded::Tiny { model: Box::new(model), hash: model_hash(&dir)? })
+    Ok(Loaded::Tiny { model: Box::new(model), hash: model_hash(&dir)?, dir })
 }
 
 /// `parameterization_name` backwards.
@@ -313,6 +317,7 @@ fn parameterization_named(name: &str) -> Result<Parameterization> {
 pub fn run(args: Args) -> Result<()> {
     match args.command {
         Some(DistillCommand::Merge { out }) => {
+            let out = out.unwrap_or_else(|| TinyShapes::default_dir().join(crate::schedules::SHIPPED_DIR));
             let manifest = work(&out).read_manifest::<Manifest>()?;
             write_schedules(&out, &manifest)
         }
@@ -329,10 +334,15 @@ fn run_job(args: JobArgs) -> Result<()> {
     let prompts = calibration_prompts(&args)?;
     let device = args.run.device.open()?;
     let loaded = load_model(&args, &device)?;
+    let out = match (&args.out, &loaded) {
+        (Some(out), _) => out.clone(),
+        (None, Loaded::Tiny { dir, .. }) => dir.join(crate::schedules::SHIPPED_DIR),
+        (None, Loaded::Sd(..)) => bail!("--out DIR: where to write the schedules"),
+    };
     let texts: Vec<&str> = prompts.iter().map(String::as_str).collect();
     let (guided, latent, model_id, model_hash): (Box<dyn PromptDenoiser + '_>, Vec<usize>, String, String) =
         match &loaded {
-            Loaded::Tiny { model, hash } => {
+            Loaded::Tiny { model, hash, .. } => {
                 let side = stride_shapes::SIDE;
                 (
                     Box::new(model.denoiser(&texts, args.cfg_scale)?),
@@ -384,18 +394,18 @@ fn run_job(args: JobArgs) -> Result<()> {
         device: args.run.device.name().into(),
     };
     let configs = manifest.configs()?;
-    work(&args.out).pin_manifest(&manifest)?;
+    work(&out).pin_manifest(&manifest)?;
 
     let shard = args.run.shard.unwrap_or(Shard::ALL);
-    let done = read_records(&args.out, &manifest)?;
-    let plan = work(&args.out).plan(shard, manifest.blocks(), manifest.batch, &done);
+    let done = read_records(&out, &manifest)?;
+    let plan = work(&out).plan(shard, manifest.blocks(), manifest.batch, &done);
     let block_len = |b: usize| manifest.block_len(b);
     let units: usize = plan.todo.iter().map(|&b| block_len(b) * configs.len()).sum();
     eprintln!(
         "distilling {} solver x NFE schedules from {} samples ({plan}) into {}",
         configs.len(),
         manifest.samples,
-        args.out.display()
+        out.display()
     );
     let bar = if args.run.quiet { ProgressBar::hidden() } else { ProgressBar::new(units as u64) };
     bar.set_style(ProgressStyle::with_template(
@@ -451,12 +461,12 @@ fn run_job(args: JobArgs) -> Result<()> {
                 }
             }
         }
-        work(&args.out).append(shard, &records)?;
+        work(&out).append(shard, &records)?;
     }
     bar.finish_and_clear();
-    let done = read_records(&args.out, &manifest)?;
-    if work(&args.out).finished(shard, manifest.blocks(), &done) {
-        write_schedules(&args.out, &manifest)
+    let done = read_records(&out, &manifest)?;
+    if work(&out).finished(shard, manifest.blocks(), &done) {
+        write_schedules(&out, &manifest)
     } else {
         Ok(())
     }

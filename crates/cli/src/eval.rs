@@ -23,12 +23,8 @@ use crate::device::DeviceArg;
 pub struct Args {
     #[command(subcommand)]
     command: Option<EvalCommand>,
-    /// Model folder (config.json, tokenizer.json, model.safetensors).
-    #[arg(long, default_value = "models/tiny-shapes")]
-    model_dir: PathBuf,
-    /// Held-out prompts, one a line (never seen in training).
-    #[arg(long, default_value = "models/tiny-shapes/heldout_prompts.txt")]
-    prompts: PathBuf,
+    #[command(flatten)]
+    heldout: Heldout,
     /// Write the 500 held-out prompts of the shapes world (seed 0) to this file and exit.
     #[arg(long)]
     write_heldout: Option<PathBuf>,
@@ -55,6 +51,52 @@ pub struct Args {
     grid: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
+}
+
+/// `--model` and `--prompts` of the jobs that run the bundled model on held-out prompts.
+#[derive(clap::Args)]
+pub struct Heldout {
+    /// tiny-shapes (the bundled model) or a folder holding one (config.json, tokenizer.json,
+    /// model.safetensors).
+    #[arg(long, alias = "model-dir", default_value = "tiny-shapes")]
+    pub model: String,
+    /// Held-out prompts, one a line, never seen in training (default: the model folder's
+    /// heldout_prompts.txt).
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+}
+
+/// A model and the first prompts of its held-out set.
+pub struct Loaded {
+    pub dir: PathBuf,
+    pub model: TinyShapes,
+    pub prompts: Vec<Prompt>,
+    pub prompts_path: PathBuf,
+}
+
+impl Heldout {
+    /// The model and its first `limit` held-out prompts (at least one).
+    pub fn load(&self, limit: usize, device: &Device) -> Result<Loaded> {
+        let dir = TinyShapes::dir_of(&self.model);
+        let model = TinyShapes::load(&dir, device)
+            .with_context(|| format!("loading the model from {}", dir.display()))?;
+        let prompts_path = self.prompts.clone().unwrap_or_else(|| dir.join("heldout_prompts.txt"));
+        let mut prompts = stride_shapes::read_prompts(&prompts_path).with_context(|| {
+            format!(
+                "reading prompts from {} (`stride eval --write-heldout` makes one)",
+                prompts_path.display()
+            )
+        })?;
+        prompts.truncate(limit);
+        anyhow::ensure!(!prompts.is_empty(), "no prompts in {}", prompts_path.display());
+        // A prompt the model cannot read (too many words) fails here, not after hours of work.
+        for (i, prompt) in prompts.iter().enumerate() {
+            model.tokenize(&[prompt.text.as_str()]).with_context(|| {
+                format!("{}: prompt {} (\"{}\")", prompts_path.display(), i + 1, prompt.text)
+            })?;
+        }
+        Ok(Loaded { dir, model, prompts, prompts_path })
+    }
 }
 
 #[derive(clap::Subcommand)]
@@ -86,19 +128,14 @@ pub fn run(args: Args) -> Result<()> {
     anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
     anyhow::ensure!(args.steps.iter().all(|s| *s > 0), "--steps must be at least 1");
     let device = args.device.open()?;
-    let model = TinyShapes::load(&args.model_dir, &device)
-        .with_context(|| format!("loading the model from {}", args.model_dir.display()))?;
-    let mut prompts = stride_shapes::read_prompts(&args.prompts).with_context(|| {
-        format!("reading prompts from {} (make it with --write-heldout)", args.prompts.display())
-    })?;
-    prompts.truncate(args.limit.unwrap_or(usize::MAX));
-    anyhow::ensure!(!prompts.is_empty(), "no prompts in {}", args.prompts.display());
+    let Loaded { model, prompts, prompts_path, .. } =
+        args.heldout.load(args.limit.unwrap_or(usize::MAX), &device)?;
     let sampler: Sampler = args.sampler.parse()?;
     let scheduler: Scheduler = args.scheduler.parse()?;
     println!(
         "ShapesEval on {} held-out prompts ({}), {} + {}, cfg {}, one seed each",
         prompts.len(),
-        args.prompts.display(),
+        prompts_path.display(),
         args.sampler,
         args.scheduler,
         args.cfg_scale

@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use candle_core::{Device, Tensor};
 use stride_models::TinyShapes;
 use stride_policy::Policy;
@@ -18,6 +18,7 @@ use stride_shapes::{check, Prompt};
 use stride_solvers::{Denoiser, Sampler, Scheduler, Sigmas, TorchNoise};
 
 use crate::device::DeviceArg;
+use crate::eval::{Heldout, Loaded};
 use crate::plot::{chart, Scale, Series};
 use crate::train_policy::{psnr, text_features};
 
@@ -27,8 +28,8 @@ use crate::train_policy::{psnr, text_features};
   stride eval policy --limit 50 --policy my-policy
   stride eval policy --write                # also store the results in policy.json")]
 pub struct Args {
-    #[arg(long, default_value = "models/tiny-shapes")]
-    model_dir: PathBuf,
+    #[command(flatten)]
+    heldout: Heldout,
     /// The policy (default: the model folder's policy/).
     #[arg(long)]
     policy: Option<PathBuf>,
@@ -36,8 +37,6 @@ pub struct Args {
     /// default: the model folder's policy-distilled/, if there).
     #[arg(long)]
     distilled_policy: Option<PathBuf>,
-    #[arg(long, default_value = "models/tiny-shapes/heldout_prompts.txt")]
-    prompts: PathBuf,
     #[arg(long, default_value_t = 200)]
     limit: usize,
     /// Prompt i is sampled with seed `seed + i`.
@@ -90,14 +89,12 @@ fn row(name: &str, columns: &[Column], choice: &[usize]) -> Row {
 pub fn run(args: Args) -> Result<()> {
     anyhow::ensure!(args.limit > 0 && args.batch_size > 0, "--limit and --batch-size must be at least 1");
     let device = args.device.open()?;
-    let model = TinyShapes::load(&args.model_dir, &device)
-        .with_context(|| format!("loading the model from {}", args.model_dir.display()))?;
-    let hash = crate::schedules::model_hash(&args.model_dir)?;
-    let policy_dir = args.policy.clone().unwrap_or_else(|| args.model_dir.join("policy"));
+    let Loaded { dir: model_dir, model, prompts, prompts_path } = args.heldout.load(args.limit, &device)?;
+    let hash = crate::schedules::model_hash(&model_dir)?;
+    let policy_dir = args.policy.clone().unwrap_or_else(|| model_dir.join(stride_policy::MODEL_POLICY_DIR));
     let policy = Policy::load(&policy_dir, &device)?;
     policy.check_model(&policy_dir, &hash)?;
-    let distilled_dir =
-        args.distilled_policy.clone().unwrap_or_else(|| args.model_dir.join("policy-distilled"));
+    let distilled_dir = args.distilled_policy.clone().unwrap_or_else(|| model_dir.join("policy-distilled"));
     // The default distilled policy is optional; one that is there must load.
     let distilled = if args.distilled_policy.is_none() && !distilled_dir.exists() {
         None
@@ -118,10 +115,6 @@ pub fn run(args: Args) -> Result<()> {
         );
         Some(distilled)
     };
-    let mut prompts = stride_shapes::read_prompts(&args.prompts)
-        .with_context(|| format!("reading prompts from {}", args.prompts.display()))?;
-    prompts.truncate(args.limit);
-    anyhow::ensure!(!prompts.is_empty(), "no prompts in {}", args.prompts.display());
     let side = &policy.sidecar;
     let sampler: Sampler = side.sampler.parse()?;
     let texts: Vec<&str> = prompts.iter().map(|p| p.text.as_str()).collect();
@@ -132,7 +125,7 @@ pub fn run(args: Args) -> Result<()> {
         "step policy {} on {} held-out prompts ({}), {} + {}, cfg {}, one seed each",
         policy_dir.display(),
         prompts.len(),
-        args.prompts.display(),
+        prompts_path.display(),
         side.sampler,
         side.scheduler,
         side.cfg_scale
@@ -147,7 +140,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     let schedule = model.denoiser(&["a"], 1.0)?.schedule().clone();
     let sigmas = |scheduler: &str, steps: usize| {
-        crate::schedules::option_sigmas(&args.model_dir, &schedule, &side.sampler, scheduler, steps)
+        crate::schedules::option_sigmas(&model_dir, &schedule, &side.sampler, scheduler, steps)
     };
     let reference = run.images(&Scheduler::Uniform.sigmas(&schedule, args.reference_steps)?)?;
     let column = |steps: usize, sigmas: &Sigmas| -> Result<Column> {

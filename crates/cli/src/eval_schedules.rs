@@ -3,45 +3,44 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use stride_distill::{teacher, Intended, ScheduleFile};
 use stride_models::tiny_shapes::Guided;
-use stride_models::TinyShapes;
-use stride_solvers::{
-    Denoiser, NoiseSchedule, NoiseSource, Sampler, SamplerKind, Scheduler, Sigmas, TorchNoise,
-};
+use stride_solvers::{Denoiser, NoiseSource, Sampler, SamplerKind, Scheduler, Sigmas, TorchNoise};
 
 use crate::device::DeviceArg;
-use crate::eval::{pass_rate, to_images};
+use crate::eval::{pass_rate, to_images, Heldout, Loaded};
 use crate::plot::{log_log_chart, Series};
 
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
-  stride eval schedules                          # the README table: 128 held-out prompts
+  stride eval schedules --limit 64               # the README table (64 held-out prompts)
   stride eval schedules --limit 16 --nfe 10      # a quick look")]
 pub struct Args {
-    #[arg(long, default_value = "models/tiny-shapes")]
-    model_dir: PathBuf,
-    /// Held-out prompts (never in training nor in the distillation's calibration set).
-    #[arg(long, default_value = "models/tiny-shapes/heldout_prompts.txt")]
-    prompts: PathBuf,
+    #[command(flatten)]
+    heldout: Heldout,
+    /// Use only the first N prompts.
     #[arg(long, default_value_t = 128)]
     limit: usize,
     /// Prompt i is sampled from seed `seed + i` (calibration used seeds from 0).
     #[arg(long, default_value_t = 100_000)]
     seed: u64,
+    /// Step counts (= model evaluations) to compare at.
     #[arg(long, value_delimiter = ',', default_value = "5,10,20")]
     nfe: Vec<usize>,
-    #[arg(long, value_delimiter = ',', default_value = "euler,dpmpp_2m")]
+    /// Solvers to compare with (each against its own distilled schedules).
+    #[arg(long, alias = "solver", value_delimiter = ',', default_value = "euler,dpmpp_2m")]
     solvers: Vec<String>,
-    /// OSS schedules (`SOLVER-NFE.json`); a missing NFE is interpolated from the nearest file.
-    #[arg(long, default_value = "models/tiny-shapes/schedules")]
-    oss_dir: PathBuf,
-    /// Exact-DP schedules (`SOLVER-NFE.json`, single-step solvers).
-    #[arg(long, default_value = "models/tiny-shapes/schedules/exact")]
-    exact_dir: PathBuf,
+    /// OSS schedules (`SOLVER-NFE.json`; default: the model folder's schedules/); a missing
+    /// NFE is interpolated from the nearest file.
+    #[arg(long)]
+    oss_dir: Option<PathBuf>,
+    /// Exact-DP schedules (`SOLVER-NFE.json`, single-step solvers; default: the model folder's
+    /// schedules/exact/).
+    #[arg(long)]
+    exact_dir: Option<PathBuf>,
     /// The teacher: euler over this many uniform steps.
     #[arg(long, default_value_t = 200)]
     teacher_steps: usize,
@@ -57,18 +56,6 @@ pub struct Args {
 
 /// The schedule families compared, in table order.
 const HAND: &[&str] = &["uniform", "karras", "exponential", "logsnr", "ays"];
-
-/// A hand-designed schedule. Flow models start from pure noise (an infinite sigma), which the
-/// sigma-space schedules cannot: they span the trained range short of its ends,
-/// `t = 1 - 1e-3 .. 1e-3` (k-sigma 999 .. 1/999), as the adaptive solvers do.
-fn hand_schedule(name: &str, schedule: &NoiseSchedule, nfe: usize) -> Result<Sigmas> {
-    let scheduler: Scheduler = name.parse()?;
-    if schedule.sigma_max().is_finite() || matches!(scheduler, Scheduler::Uniform | Scheduler::Ays(_)) {
-        return Ok(scheduler.sigmas(schedule, nfe)?);
-    }
-    let (sigma_max, sigma_min) = stride_solvers::AdaptiveSampler::sigma_range(schedule);
-    Ok(scheduler.sigmas(&NoiseSchedule::Ve { sigma_min, sigma_max }, nfe)?)
-}
 
 /// A distilled schedule from `dir` for `solver` at `nfe` (interpolated from the nearest file,
 /// marked `*`), with its distillation cost. The file must have been distilled for this model
@@ -107,13 +94,11 @@ pub fn run(args: Args) -> Result<()> {
     anyhow::ensure!(args.limit > 0 && args.batch_size > 0, "--limit and --batch-size must be at least 1");
     anyhow::ensure!(args.nfe.iter().all(|n| *n > 0), "--nfe values must be at least 1");
     let device = args.device.open()?;
-    let model = TinyShapes::load(&args.model_dir, &device)
-        .with_context(|| format!("loading the model from {}", args.model_dir.display()))?;
-    let mut prompts = stride_shapes::read_prompts(&args.prompts)
-        .with_context(|| format!("reading prompts from {}", args.prompts.display()))?;
-    prompts.truncate(args.limit);
+    let Loaded { dir: model_dir, model, prompts, .. } = args.heldout.load(args.limit, &device)?;
+    let oss_dir = args.oss_dir.clone().unwrap_or_else(|| model_dir.join(crate::schedules::SHIPPED_DIR));
+    let exact_dir = args.exact_dir.clone().unwrap_or_else(|| oss_dir.join("exact"));
     let texts: Vec<&str> = prompts.iter().map(|p| p.text.as_str()).collect();
-    let hash = crate::schedules::model_hash(&args.model_dir)?;
+    let hash = crate::schedules::model_hash(&model_dir)?;
     let guided = model.denoiser(&texts, args.cfg_scale)?;
     let schedule = guided.schedule().clone();
     let n = prompts.len();
@@ -154,7 +139,7 @@ pub fn run(args: Args) -> Result<()> {
                 bar.set_message(format!("{solver} {kind} {nfe}"));
                 let (sigmas, note) = match kind {
                     "exact" | "oss" => {
-                        let dir = if kind == "exact" { &args.exact_dir } else { &args.oss_dir };
+                        let dir = if kind == "exact" { &exact_dir } else { &oss_dir };
                         let intended = Intended { model_id: "tiny-shapes", model_hash: &hash, solver };
                         match distilled(dir, &intended, kind, nfe)? {
                             Some((sigmas, interpolated, file)) => {
@@ -175,7 +160,7 @@ pub fn run(args: Args) -> Result<()> {
                             }
                         }
                     }
-                    hand => (hand_schedule(hand, &schedule, nfe)?, ""),
+                    hand => (hand.parse::<Scheduler>()?.sigmas(&schedule, nfe)?, ""),
                 };
                 let out = run_schedule(&sampler, &sigmas)?;
                 let rms = per_image_rms(&out, &teacher)?;

@@ -30,9 +30,10 @@ pub struct Args {
     /// Model: tiny-shapes (bundled); Stable Diffusion sd15, sd21, sdxl, sd-turbo, sdxl-turbo
     /// (from the Hugging Face cache or Hub; HF_HOME, HF_HUB_OFFLINE honoured); or a folder:
     /// tiny-shapes files (config.json, tokenizer.json, model.safetensors) or a diffusers
-    /// Stable Diffusion folder (unet/, vae/, text_encoder/, ...).
-    #[arg(long, default_value = "tiny-shapes")]
-    model: String,
+    /// Stable Diffusion folder (unet/, vae/, text_encoder/, ...). Default: tiny-shapes; with
+    /// --from, the image's (A1111's checkpoint names mean nothing here: name the model).
+    #[arg(long)]
+    model: Option<String>,
     /// Folder with the model's files (overrides where --model looks; for Stable Diffusion a
     /// diffusers folder, read instead of the Hugging Face cache or Hub).
     #[arg(long)]
@@ -48,13 +49,16 @@ pub struct Args {
     /// Default: dpmpp_2m; with --steps auto, the one the step policy was trained for.
     #[arg(long)]
     sampler: Option<String>,
-    /// Step schedule (uniform, karras, exponential, leading, trailing, ...; flow models start
-    /// from pure noise, so uniform is the one that needs no sigma_max). Default: uniform for
-    /// tiny-shapes (with --steps auto, the step policy's); leading for Stable Diffusion,
-    /// trailing for the Turbo models.
+    /// Step schedule: uniform, karras, exponential, logsnr, ays, ays_sdxl (any model; on flow
+    /// models the sigma-spaced ones start at t = 0.999); linspace, leading, trailing (Stable
+    /// Diffusion's discrete timesteps); distilled (the model's distilled schedule, see
+    /// --schedule). Default: uniform for tiny-shapes (with --steps auto, the step policy's);
+    /// leading for Stable Diffusion, trailing for the Turbo models.
     #[arg(long)]
     scheduler: Option<String>,
-    /// A custom schedule, comma-separated k-diffusion sigmas (as stable-diffusion.cpp).
+    /// A custom schedule: comma-separated k-diffusion sigmas, noisiest first, ending at 0 (as
+    /// stable-diffusion.cpp's --sigmas). Flow models (tiny-shapes) read s = t / (1 - t), inf
+    /// for pure noise; ComfyUI's and diffusers' flow sigmas are t itself: convert them.
     #[arg(long)]
     sigmas: Option<String>,
     /// A distilled schedule file (`stride distill`); --scheduler distilled picks the one
@@ -90,27 +94,31 @@ pub struct Args {
     /// What to steer away from (replaces the empty prompt of classifier-free guidance).
     #[arg(long, default_value = "")]
     negative_prompt: String,
-    /// Seed of the first image (random, and printed, when absent); image i uses seed + i.
-    #[arg(long)]
+    /// Seed of the first image (random, and printed, when absent or -1); image i uses seed + i.
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_seed)]
     seed: Option<u64>,
+    /// Images per prompt (seeds seed, seed + 1, ...).
     #[arg(long, default_value_t = 1)]
     num_samples: usize,
+    /// Images sampled together in one model batch (a speed setting: each image depends only
+    /// on its own seed).
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
     /// One prompt a line (blank lines and lines starting with # are skipped), or JSON lines
-    /// with per-line settings: {"prompt": "a red circle", "seed": 7, "steps": 10, "cfg_scale": 4,
-    /// "sampler": "euler", "scheduler": "karras", "negative_prompt": "...", "num_samples": 2, ...}.
-    #[arg(long)]
+    /// with per-line settings: {"prompt": "a red circle", "seed": 7, "steps": 10, "cfg_scale": 4}.
+    /// Keys: prompt, negative_prompt, seed, num_samples, steps, sampler, scheduler, sigmas, eta,
+    /// cfg_scale, width, height.
+    #[arg(long, alias = "prompts")]
     prompts_file: Option<PathBuf>,
     /// Output path; {seed} and {index} are replaced.
     #[arg(short, long, default_value = "stride-{seed}.png")]
     output: String,
     /// Regenerate the image whose PNG metadata is in this file (its settings, all of them;
-    /// name the new file with -o).
+    /// name the new file with -o). --model and --weights-dir say where the model is, when the
+    /// image was made elsewhere.
     #[arg(long, conflicts_with_all = [
         "prompt", "prompts_file", "negative_prompt", "seed", "steps", "sampler", "scheduler", "sigmas",
-        "schedule", "cfg_scale", "eta", "rtol", "atol", "width", "height", "num_samples", "model",
-        "weights_dir", "policy",
+        "schedule", "cfg_scale", "eta", "rtol", "atol", "width", "height", "num_samples", "policy",
     ])]
     from: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
@@ -125,6 +133,12 @@ pub struct Args {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
+}
+
+impl Args {
+    fn model(&self) -> &str {
+        self.model.as_deref().unwrap_or("tiny-shapes")
+    }
 }
 
 /// One image to make.
@@ -275,10 +289,7 @@ fn lines(args: &Args) -> Result<Vec<Line>> {
     };
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut lines = Vec::new();
-    for (number, line) in text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())) {
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
+    for (number, line) in crate::work::numbered_lines(&text) {
         if line.starts_with('{') {
             let parsed: Line = serde_json::from_str(line)
                 .with_context(|| format!("{} line {number}: not a valid JSON prompt line", path.display()))?;
@@ -298,6 +309,11 @@ fn jobs(args: &Args) -> Result<Vec<Job>> {
         if let Some(dtype) = &args.dtype {
             params.dtype = (dtype != "f32").then(|| dtype.clone());
         }
+        // Where the model is now, when the image was made elsewhere.
+        if args.model.is_some() || args.weights_dir.is_some() {
+            params.model = args.model().to_string();
+            params.weights = args.weights_dir.as_ref().map(|d| absolute(d).display().to_string());
+        }
         return Ok(vec![Job { params, index: 0 }]);
     }
     for (name, tol) in [("--rtol", args.rtol), ("--atol", args.atol)] {
@@ -308,7 +324,7 @@ fn jobs(args: &Args) -> Result<Vec<Job>> {
         parse_dtype(dtype)?;
     }
     let mut lines = lines(args)?;
-    let choice = choose_model(&args.model, args.weights_dir.as_deref())?;
+    let choice = choose_model(args.model(), args.weights_dir.as_deref())?;
     let policy =
         if args.steps == Some(Steps::Auto) { policy_steps(args, &choice, &mut lines)? } else { None };
     let seed = args.seed.unwrap_or_else(random_seed);
@@ -344,7 +360,8 @@ fn line_params(args: &Args, choice: &Choice, line: &Line, seed: u64) -> Result<P
         "the prompt is empty: describe the image, e.g. \"a red circle\""
     );
     let sampler = line.sampler.clone().or_else(|| args.sampler.clone()).unwrap_or_else(|| "dpmpp_2m".into());
-    if sampler.parse::<AdaptiveSampler>().is_err() {
+    let mut adaptive = sampler.parse::<AdaptiveSampler>().ok();
+    if adaptive.is_none() {
         let _: Sampler = sampler.parse()?;
     }
     let (steps, scheduler, cfg_scale, width, height) = match choice {
@@ -384,7 +401,15 @@ fn line_params(args: &Args, choice: &Choice, line: &Line, seed: u64) -> Result<P
         );
     }
     match &sigmas {
-        Some(s) => drop(Sigmas::parse(s).context("--sigmas")?),
+        Some(list) if scheduler != "distilled" => {
+            // The metadata records what ran: the list's step count, and no named schedule.
+            let n = Sigmas::parse(list).context("--sigmas")?.steps();
+            if let Some(explicit) = explicit_steps.filter(|&e| e != n) {
+                bail!("--steps {explicit} and --sigmas with {n} steps: give one of them");
+            }
+            (steps, scheduler) = (n, "custom".into());
+        }
+        Some(_) => {}
         None => drop(scheduler.parse::<Scheduler>()?),
     }
     anyhow::ensure!(steps > 0, "--steps must be at least 1");
@@ -392,6 +417,23 @@ fn line_params(args: &Args, choice: &Choice, line: &Line, seed: u64) -> Result<P
     let eta = line.eta.or(args.eta);
     if let Some(eta) = eta {
         anyhow::ensure!(eta.is_finite() && eta >= 0.0, "--eta must be a finite number >= 0");
+    }
+    // Settings the sampler would ignore are refused, not recorded in the PNG as if they ran.
+    match &mut adaptive {
+        Some(adaptive) => {
+            anyhow::ensure!(
+                explicit_steps.is_none() && sigmas.is_none(),
+                "{sampler} chooses its own steps: drop --steps, --sigmas and --schedule (--rtol and --atol set \
+                 its accuracy)"
+            );
+            if let Some(eta) = eta {
+                adaptive.set_eta(eta)?;
+            }
+        }
+        None => anyhow::ensure!(
+            args.rtol.is_none() && args.atol.is_none(),
+            "--rtol and --atol are for the adaptive samplers (adaptive_sde, dpm_adaptive); {sampler} takes --steps"
+        ),
     }
     Ok(Params {
         prompt: line.prompt.clone(),
@@ -407,7 +449,7 @@ fn line_params(args: &Args, choice: &Choice, line: &Line, seed: u64) -> Result<P
         seed: line.seed.unwrap_or(seed),
         width,
         height,
-        model: args.model.clone(),
+        model: args.model().to_string(),
         weights: args.weights_dir.as_ref().map(|d| absolute(d).display().to_string()),
         dtype: args.dtype.clone().filter(|d| d != "f32"),
         step_policy: None,
@@ -436,7 +478,7 @@ fn policy_steps(args: &Args, choice: &Choice, lines: &mut [Line]) -> Result<Opti
     let Choice::Tiny(dir) = choice else {
         bail!("--steps auto needs a step policy, trained for tiny-shapes models (stride train-policy)");
     };
-    let policy_dir = args.policy.clone().unwrap_or_else(|| dir.join("policy"));
+    let policy_dir = args.policy.clone().unwrap_or_else(|| dir.join(stride_policy::MODEL_POLICY_DIR));
     let device = candle_core::Device::Cpu;
     let policy = Policy::load(&policy_dir, &device)?;
     let hash = schedules::model_hash(dir)?;
@@ -500,6 +542,14 @@ fn distilled_sigmas(
     };
     let target = schedules::Target { model_id, model_hash: &model_hash, solver: sampler };
     schedules::load(&path, &target, steps, args.force)
+}
+
+/// `--seed`: a number, or -1 for a random one (A1111's and stable-diffusion.cpp's convention).
+fn parse_seed(s: &str) -> Result<u64, String> {
+    match s {
+        "-1" => Ok(random_seed()),
+        _ => s.parse().map_err(|_| format!("`{s}`: a seed from 0 to {}, or -1 for a random one", u64::MAX)),
+    }
 }
 
 fn random_seed() -> u64 {
@@ -600,7 +650,10 @@ fn sample(
     if let Ok(mut adaptive) = p.sampler.parse::<AdaptiveSampler>() {
         adaptive.set_tolerances(p.rtol, p.atol);
         adaptive.set_max_nfe(max_nfe);
-        let (hi, lo) = AdaptiveSampler::sigma_range(denoiser.schedule());
+        if let Some(eta) = p.eta {
+            adaptive.set_eta(eta)?;
+        }
+        let (hi, lo) = denoiser.schedule().sampling_range();
         let x = adaptive.initial_latent(denoiser, hi, &dims, &mut noise, device)?;
         let bar = bars.add(ProgressBar::new_spinner());
         let (out, stats) = adaptive.sample(denoiser, x, hi, lo, &mut noise, |step| {

@@ -88,7 +88,7 @@ impl Params {
 
     /// Parses what [`Params::to_text`] writes, and A1111's own text for the fields we know
     /// (its sampler and schedule names are mapped to ours: "DPM++ 2M Karras" is dpmpp_2m with
-    /// the karras schedule; its checkpoint names mean nothing here, so pass --model).
+    /// the karras schedule; its checkpoint names mean nothing here, so `generate --from` takes --model).
     pub fn from_text(text: &str) -> Result<Self> {
         let (head, fields_line) = text.rsplit_once('\n').context("no parameter line after the prompt")?;
         let (prompt, negative) = match head.split_once("\nNegative prompt: ") {

@@ -11,7 +11,7 @@ use crate::device::DeviceArg;
 
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
-  stride train-base --out runs/tiny-shapes                 # the committed weights (see README)
+  stride train-base --out runs/tiny-shapes                 # the default recipe (README: the bundled model)
   stride train-base --out runs/tiny-shapes --resume        # continue a killed run exactly
   stride train-base --out runs/smoke --steps 20 --batch-size 8")]
 pub struct Args {
@@ -29,10 +29,13 @@ pub struct Args {
     /// learning rate follows the new total, so only an unchanged total resumes bit for bit.
     #[arg(long)]
     steps: Option<u64>,
+    /// Scenes per step (default 32).
     #[arg(long)]
     batch_size: Option<usize>,
+    /// Peak AdamW learning rate, reached after the warm-up, then cosine to 0 (default 7e-4).
     #[arg(long)]
     lr: Option<f64>,
+    /// Seed of the initialisation and of every step's scenes, noise and times (default 0).
     #[arg(long)]
     seed: Option<u64>,
     /// Minutes between checkpoints.

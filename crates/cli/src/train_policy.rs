@@ -33,7 +33,8 @@ use crate::work::{RunArgs, Shard, WorkDir};
   stride train-policy --prompts train.txt --seeds 4 --out my-policy
   stride train-policy --scheduler distilled --out models/tiny-shapes/policy-distilled
   stride train-policy merge --lambda 1.0                 # refit on the finished table: cheaper choices
-  stride train-policy --shard 2/8 --out runs/p && stride train-policy merge --out runs/p
+  stride train-policy --shard 2/8 --out runs/p          # one of 8 machines; the last to finish fits
+  stride train-policy merge --out runs/p                 # fit it once every shard is done
 
 A killed job resumes where it stopped when run again with the same settings and --out; the
 training settings (--reward, --lambda, --objective, ...) may change between runs, the table's may not."
@@ -49,8 +50,9 @@ pub struct Args {
 enum PolicyCommand {
     /// Train the policy from a finished table (every shard done).
     Merge {
-        #[arg(long, default_value = "models/tiny-shapes/policy")]
-        out: PathBuf,
+        /// The job's output folder (default: the bundled model's policy/).
+        #[arg(long)]
+        out: Option<PathBuf>,
         #[command(flatten)]
         training: TrainingArgs,
     },
@@ -84,11 +86,12 @@ struct JobArgs {
     #[arg(long, default_value_t = 3.0)]
     cfg_scale: f64,
     /// (prompt, seed) items generated together (the unit of checkpointing and sharding).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, alias = "batch-size", default_value_t = 16)]
     batch: usize,
-    /// Output folder: policy.safetensors, policy.json, and work/ with the table.
-    #[arg(long, default_value = "models/tiny-shapes/policy")]
-    out: PathBuf,
+    /// Output folder: policy.safetensors, policy.json, and work/ with the table (default: the
+    /// model folder's policy/, where --steps auto looks).
+    #[arg(long)]
+    out: Option<PathBuf>,
     #[command(flatten)]
     run: RunArgs,
     #[command(flatten)]
@@ -268,19 +271,12 @@ fn read_table(out: &Path, manifest: &Manifest) -> Result<BTreeMap<usize, Vec<Rec
 pub fn run(args: Args) -> Result<()> {
     match args.command {
         Some(PolicyCommand::Merge { out, training }) => {
+            let out = out.unwrap_or_else(|| TinyShapes::default_dir().join(stride_policy::MODEL_POLICY_DIR));
             let manifest: Manifest = work(&out).read_manifest()?;
             let done = read_table(&out, &manifest)?;
             fit_and_save(&out, &manifest, done, &training, &Device::Cpu, false)
         }
         None => run_job(args.job),
-    }
-}
-
-fn model_dir(model: &str) -> PathBuf {
-    if model == "tiny-shapes" {
-        TinyShapes::default_dir()
-    } else {
-        PathBuf::from(model)
     }
 }
 
@@ -298,7 +294,8 @@ fn run_job(args: JobArgs) -> Result<()> {
     args.training.settings()?;
     let sampler: Sampler = args.sampler.parse()?;
     let device = args.run.device.open()?;
-    let dir = model_dir(&args.model);
+    let dir = TinyShapes::dir_of(&args.model);
+    let out = args.out.clone().unwrap_or_else(|| dir.join(stride_policy::MODEL_POLICY_DIR));
     let model = TinyShapes::load(&dir, &device)
         .with_context(|| format!("loading the model from {}", dir.display()))?;
     let prompts = training_prompts(&args)?;
@@ -324,11 +321,11 @@ fn run_job(args: JobArgs) -> Result<()> {
         batch: args.batch,
         device: args.run.device.name().into(),
     };
-    let work = work(&args.out);
+    let work = work(&out);
     work.pin_manifest(&manifest)?;
 
     let shard = args.run.shard.unwrap_or(Shard::ALL);
-    let done = read_table(&args.out, &manifest)?;
+    let done = read_table(&out, &manifest)?;
     let plan = work.plan(shard, manifest.blocks(), manifest.batch, &done);
     let items: usize = plan.todo.iter().map(|&b| manifest.block_len(b)).sum();
     eprintln!(
@@ -336,7 +333,7 @@ fn run_job(args: JobArgs) -> Result<()> {
         manifest.prompts.len(),
         manifest.seeds,
         manifest.options.len(),
-        args.out.display()
+        out.display()
     );
     let bar = if args.run.quiet { ProgressBar::hidden() } else { ProgressBar::new(items as u64) };
     bar.set_style(ProgressStyle::with_template(
@@ -353,11 +350,11 @@ fn run_job(args: JobArgs) -> Result<()> {
         bar.inc(records.len() as u64);
     }
     bar.finish_and_clear();
-    let done = read_table(&args.out, &manifest)?;
+    let done = read_table(&out, &manifest)?;
     if !work.finished(shard, manifest.blocks(), &done) {
         return Ok(());
     }
-    fit_and_save(&args.out, &manifest, done, &args.training, &device, args.run.quiet)
+    fit_and_save(&out, &manifest, done, &args.training, &device, args.run.quiet)
 }
 
 /// The training prompts: the file's lines, or distinct training-distribution prompts.

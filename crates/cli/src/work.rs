@@ -244,10 +244,15 @@ impl WorkDir<'_> {
 pub fn prompt_lines(path: &Path) -> Result<Vec<String>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading prompts from {}", path.display()))?;
-    Ok(text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(String::from)
-        .collect())
+    Ok(numbered_lines(&text).map(|(_, line)| line.to_string()).collect())
+}
+
+/// A prompts file's lines with their numbers (from 1), trimmed, without blank lines, `#`
+/// comments and the byte-order mark some editors write.
+pub fn numbered_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    text.lines()
+        .enumerate()
+        .map(|(i, line)| (i + 1, line.trim()))
+        .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
 }

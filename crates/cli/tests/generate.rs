@@ -37,6 +37,13 @@ fn writes_png_with_parameters_that_info_reads_back() {
     let text = String::from_utf8_lossy(&info.stdout);
     assert!(text.starts_with("a red circle\nSteps: 4, Sampler: dpmpp_2m, Schedule type: uniform, CFG scale: 3, Seed: 42, Size: 32x32"), "{text}");
     assert!(!dir.join("img.png.tmp").exists());
+    // A --sigmas list is recorded as what ran: its step count, and no named schedule.
+    let out = generate(&dir, &["a red circle", "--seed", "1", "--sigmas", "99,3,1,0.3,0", "-o", "s.png"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let info = stride().arg("info").arg(dir.join("s.png")).output().unwrap();
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(text.contains("Steps: 4, Sampler: dpmpp_2m, Schedule type: custom,"), "{text}");
+    assert!(text.contains("Sigmas: \"99,3,1,0.3,0\""), "{text}");
 }
 
 #[test]
@@ -98,6 +105,20 @@ fn same_seed_same_pixels_on_any_thread_count_and_from_metadata() {
         assert!(!out.status.success() && stderr.contains(expected), "{extra:?}: {stderr}");
     }
     assert_eq!(pixels(&dir.join("d.png")).2, a);
+    // An image made with a model folder that has since moved: --model says where it is now.
+    let (before, after) = (dir.join("model-before"), dir.join("model-after"));
+    std::fs::create_dir_all(&before).unwrap();
+    for file in ["config.json", "tokenizer.json", "model.safetensors"] {
+        std::fs::copy(model().join(file), before.join(file)).unwrap();
+    }
+    let out = from("d.png", &["-o", "e.png", "--weights-dir", before.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::rename(&before, &after).unwrap();
+    let out = from("e.png", &["-o", "f.png"]);
+    assert!(!out.status.success(), "the folder e.png names is gone");
+    let out = from("e.png", &["-o", "f.png", "--model", after.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(pixels(&dir.join("f.png")).2, a, "--from with --model regenerates the same pixels");
 }
 
 /// Prompts that Latin-1 cannot hold are stored (as iTXt) and read back; prompts-file lines
@@ -167,6 +188,8 @@ fn bad_input_is_a_one_line_error_and_leaves_no_png() {
         (vec!["", "-o", "x.png"], "empty"),
         (vec!["a red circle", "--sampler", "eulr", "-o", "x.png"], "dpmpp_2m_sde"),
         (vec!["a red circle", "--sigmas", "3,5,1,0", "-o", "x.png"], "sigma #1"),
+        (vec!["a red circle", "--sigmas", "3,1,0", "--steps", "5", "-o", "x.png"], "--sigmas with 2 steps"),
+        (vec!["a red circle", "--scheduler", "trailing", "-o", "x.png"], "discrete-time"),
         (vec!["a red circle", "-o", "/proc/nope/x.png"], "x.png"),
         (vec!["a red circle", "--steps", "0", "-o", "x.png"], "steps"),
         (vec!["a red circle", "--cfg-scale", "NaN", "-o", "x.png"], "cfg"),
@@ -202,6 +225,25 @@ fn adaptive_samplers_report_their_steps_and_respect_the_cap() {
             capped.status.success() && err.contains("warning") && err.contains("sample 0"),
             "{sampler}: {err}"
         );
+    }
+    // dpm_adaptive's eta is its ancestral noise: it changes the image (it used to be ignored).
+    let run = |eta: &str, name: &str| {
+        let args =
+            ["a red circle", "--seed", "1", "--sampler", "dpm_adaptive", "--rtol", "0.1", "--eta", eta];
+        let out = generate(&dir, &[&args[..], &["-o", name]].concat());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        pixels(&dir.join(name)).2
+    };
+    assert_ne!(run("0", "eta0.png"), run("1", "eta1.png"));
+    // Settings a sampler would ignore are refused.
+    for (args, expect) in [
+        (&["--sampler", "adaptive_sde", "--eta", "1"][..], "adaptive_sde has no eta"),
+        (&["--sampler", "dpm_adaptive", "--steps", "10"][..], "chooses its own steps"),
+        (&["--sampler", "euler", "--rtol", "0.1"][..], "--rtol and --atol are for the adaptive samplers"),
+    ] {
+        let out = generate(&dir, &[&["a red circle", "-o", "x.png"][..], args].concat());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(expect), "{args:?}: {err}");
     }
 }
 
@@ -255,4 +297,32 @@ fn jsonl_prompt_lines_override_the_command_line_and_previews_are_written() {
     let out = generate(&dir, &["--prompts-file", "bad.txt"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("line 2") && stderr.contains("colour"), "{stderr}");
+}
+
+/// `stride eval` reads the held-out prompts of the model it is given (its folder's
+/// heldout_prompts.txt), and refuses a prompt the model cannot read before sampling anything.
+#[test]
+fn eval_reads_the_model_folders_prompts_and_checks_them_first() {
+    let dir = temp_dir("eval-prompts");
+    let eval = |extra: &[&str]| {
+        stride()
+            .current_dir(&dir)
+            .args(["eval", "--steps", "1", "--model"])
+            .arg(model())
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = eval(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let expected = model().join("heldout_prompts.txt");
+    assert!(!out.status.success() && err.contains(&*expected.to_string_lossy()), "{err}");
+    // Four full phrases parse (the grammar allows up to nine) but exceed the model's 31 words.
+    let cells = ["top left", "top right", "bottom left", "bottom right"];
+    let long = cells.map(|cell| format!("a large red circle in the {cell}")).join(" and ");
+    std::fs::write(dir.join("p.txt"), format!("a red circle\n{long}\n")).unwrap();
+    let out = eval(&["--prompts", "p.txt"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("prompt 2") && err.contains("at most 31"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("ShapesEval"), "it sampled before checking");
 }

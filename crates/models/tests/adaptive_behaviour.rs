@@ -79,7 +79,7 @@ fn every_family_reaches_the_data() {
     let batch = 32;
     for (name, schedule, param) in families() {
         let model = mixture(schedule.clone(), param);
-        let (sigma_max, sigma_min) = AdaptiveSampler::sigma_range(&schedule);
+        let (sigma_max, sigma_min) = schedule.sampling_range();
         for sampler in ["adaptive_sde", "dpm_adaptive"] {
             let sampler: AdaptiveSampler = sampler.parse().unwrap();
             let x = initial(&model, sigma_max, batch, 100, DType::F32);
@@ -97,7 +97,7 @@ fn every_family_reaches_the_data() {
 fn euler_maruyama_reaches_the_data() {
     for (name, schedule, param) in families() {
         let model = mixture(schedule.clone(), param);
-        let (sigma_max, sigma_min) = AdaptiveSampler::sigma_range(&schedule);
+        let (sigma_max, sigma_min) = schedule.sampling_range();
         let x = initial(&model, sigma_max, 32, 100, DType::F32);
         let mut noise = TorchNoise::consecutive(1000, 32);
         let out = EulerMaruyama::new(500).sample(&model, x, sigma_max, sigma_min, &mut noise).unwrap();
@@ -139,7 +139,7 @@ fn dpm_adaptive_tighter_rtol_is_closer_to_the_ode_solution() {
         (NoiseSchedule::continuous_vp(), Parameterization::Epsilon),
     ] {
         let model = mixture(schedule.clone(), param);
-        let (sigma_max, sigma_min) = AdaptiveSampler::sigma_range(&schedule);
+        let (sigma_max, sigma_min) = schedule.sampling_range();
         let x = initial(&model, sigma_max, 8, 7, DType::F64);
         let reference = fine_ode(&model, &x, sigma_max, sigma_min, 4000);
         let check = max_abs_diff(&reference, &fine_ode(&model, &x, sigma_max, sigma_min, 2000));
@@ -267,7 +267,7 @@ fn fine_sde(model: &dyn Denoiser, x: &Tensor, t0: f64, t1: f64, n: usize, browni
 fn adaptive_sde_tighter_rtol_is_closer_to_the_sde_solution() {
     let schedule = NoiseSchedule::continuous_vp();
     let model = mixture(schedule.clone(), Parameterization::Epsilon);
-    let (sigma_max, sigma_min) = AdaptiveSampler::sigma_range(&schedule);
+    let (sigma_max, sigma_min) = schedule.sampling_range();
     let sde = ForwardSde::new(&schedule);
     let (t0, t1) = (sde.time_at(sigma_max), sde.time_at(sigma_min));
     let batch = 8;
@@ -332,7 +332,7 @@ fn assert_capped(stats: &AdaptiveStats, max_nfe: usize, sigma_min: f64) {
 fn the_nfe_cap_stops_every_solver() {
     let schedule = NoiseSchedule::continuous_vp();
     let model = mixture(schedule.clone(), Parameterization::Epsilon);
-    let (sigma_max, sigma_min) = AdaptiveSampler::sigma_range(&schedule);
+    let (sigma_max, sigma_min) = schedule.sampling_range();
     let x = initial(&model, sigma_max, 3, 1, DType::F32);
     for shared_step in [false, true] {
         let solver = AdaptiveSde { max_nfe: 21, shared_step, ..AdaptiveSde::default() };
@@ -375,7 +375,7 @@ impl Denoiser for Erratic {
 fn an_erratic_model_ends_at_the_cap() {
     for schedule in [NoiseSchedule::continuous_vp(), NoiseSchedule::edm()] {
         let model = Erratic(schedule.clone());
-        let (sigma_max, sigma_min) = AdaptiveSampler::sigma_range(&schedule);
+        let (sigma_max, sigma_min) = schedule.sampling_range();
         let x = initial(&model, sigma_max, 2, 1, DType::F64);
         for name in ["adaptive_sde", "dpm_adaptive"] {
             let mut sampler: AdaptiveSampler = name.parse().unwrap();
@@ -396,7 +396,7 @@ fn an_erratic_model_ends_at_the_cap() {
 #[test]
 fn each_sample_keeps_its_own_step_size() {
     let model = mixture(NoiseSchedule::continuous_vp(), Parameterization::Epsilon);
-    let (sigma_max, sigma_min) = AdaptiveSampler::sigma_range(model.schedule());
+    let (sigma_max, sigma_min) = model.schedule().sampling_range();
     let x = initial(&model, sigma_max, 2, 21, DType::F64);
     let mut noise = TorchNoise::new(&[40, 41]);
     let mut ts = vec![];
@@ -435,7 +435,7 @@ impl Denoiser for OneTimePerCall {
 #[test]
 fn shared_step_mode_uses_one_time_per_call() {
     let model = OneTimePerCall(mixture(NoiseSchedule::continuous_vp(), Parameterization::Epsilon));
-    let (sigma_max, sigma_min) = AdaptiveSampler::sigma_range(model.schedule());
+    let (sigma_max, sigma_min) = model.schedule().sampling_range();
     let x = initial(&model, sigma_max, 4, 3, DType::F32);
     let solver = AdaptiveSde { shared_step: true, ..AdaptiveSde::default() };
     let mut noise = TorchNoise::consecutive(9, 4);
@@ -469,7 +469,7 @@ impl Denoiser for NanBelow {
 fn nan_from_the_model_is_an_error_naming_the_step() {
     for schedule in [NoiseSchedule::continuous_vp(), NoiseSchedule::edm()] {
         let model = NanBelow(mixture(schedule.clone(), Parameterization::Epsilon), 1.0);
-        let (sigma_max, sigma_min) = AdaptiveSampler::sigma_range(&schedule);
+        let (sigma_max, sigma_min) = schedule.sampling_range();
         let x = initial(&model, sigma_max, 2, 5, DType::F32);
         for name in ["adaptive_sde", "dpm_adaptive"] {
             let sampler: AdaptiveSampler = name.parse().unwrap();

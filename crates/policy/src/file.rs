@@ -14,6 +14,8 @@ use crate::train::TrainSettings;
 
 pub const WEIGHTS: &str = "policy.safetensors";
 pub const SIDECAR: &str = "policy.json";
+/// The folder, inside a model folder, of the model's step policy (`--steps auto`).
+pub const MODEL_POLICY_DIR: &str = "policy";
 
 /// Why a policy could not be saved or loaded.
 #[derive(Debug, thiserror::Error)]

@@ -18,7 +18,7 @@ pub mod net;
 pub mod reward;
 pub mod train;
 
-pub use file::{Policy, PolicyError, Sidecar};
+pub use file::{Policy, PolicyError, Sidecar, MODEL_POLICY_DIR};
 pub use net::{PolicyConfig, PolicyNet, DEFAULT_OPTIONS};
 pub use reward::Reward;
 pub use train::{train, Baseline, Objective, StepReport, TrainSettings};

@@ -649,9 +649,11 @@ pub enum PromptsFileError {
     Parse { path: String, line: usize, source: ParseError },
 }
 
-/// Parses prompts, one a line. Blank lines and lines starting with `#` are skipped;
-/// `line` numbers in errors count from 1. The text of each prompt is the trimmed line.
+/// Parses prompts, one a line. Blank lines, lines starting with `#` and a leading byte-order
+/// mark are skipped; `line` numbers in errors count from 1. The text of each prompt is the
+/// trimmed line.
 pub fn parse_prompts(text: &str) -> Result<Vec<Prompt>, (usize, ParseError)> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();

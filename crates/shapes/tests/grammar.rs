@@ -222,6 +222,8 @@ fn prompts_files_round_trip() {
     let e = read_prompts(&path).unwrap_err();
     assert!(e.to_string().contains(":4:") && e.to_string().contains("\"dog\""), "{e}");
     assert_eq!(parse_prompts("# c\n a circle \n\n").unwrap()[0].text, "a circle");
+    // Some editors start UTF-8 files with a byte-order mark; it is not part of the first word.
+    assert_eq!(parse_prompts("\u{feff}a circle\n").unwrap()[0].text, "a circle");
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(read_prompts(&path).is_err());
 }

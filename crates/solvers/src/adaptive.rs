@@ -263,7 +263,7 @@ fn check_range(sigma_max: f64, sigma_min: f64) -> Result<(), SolverError> {
     if !(sigma_max.is_finite() && sigma_min > 0.0 && sigma_min < sigma_max) {
         return Err(SolverError::Options(format!(
             "adaptive solvers need finite 0 < sigma_min < sigma_max, got sigma_min {sigma_min}, sigma_max \
-             {sigma_max} (for flow models start below pure noise, e.g. AdaptiveSampler::sigma_range)"
+             {sigma_max} (for flow models start below pure noise, e.g. NoiseSchedule::sampling_range)"
         )));
     }
     Ok(())
@@ -985,16 +985,18 @@ impl AdaptiveSampler {
         *a = atol.unwrap_or(*a);
     }
 
-    /// The default `(sigma_max, sigma_min)` for a schedule: its trained range, except that flow
-    /// models start at `t = 1 - 1e-3` rather than at pure noise (`s = inf`).
-    pub fn sigma_range(schedule: &NoiseSchedule) -> (f64, f64) {
-        let hi = schedule.sigma_max();
-        let (t_min, t_max) = schedule.t_range();
-        let hi = if hi.is_finite() { hi } else { schedule.sigma_at(t_max - 1e-3) };
-        // Flow reaches sigma 0 at t = 0: stop at t = 1e-3, as diffusers' flow schedules do.
-        let lo = schedule.sigma_min();
-        let lo = if lo > 0.0 { lo } else { schedule.sigma_at(t_min + 1e-3) };
-        (hi, lo)
+    /// Sets dpm_adaptive's ancestral noise (`--eta`); adaptive_sde, which always integrates
+    /// the SDE, has none.
+    pub fn set_eta(&mut self, eta: f64) -> Result<(), SolverError> {
+        match self {
+            Self::Dpm(s) => {
+                s.eta = eta;
+                Ok(())
+            }
+            Self::Sde(_) => Err(SolverError::Options(
+                "adaptive_sde has no eta (it always integrates the SDE; dpm_adaptive takes one)".into(),
+            )),
+        }
     }
 
     /// The initial state at `sigma_max`: `sigma(sigma_max) z`, shape `dims`.

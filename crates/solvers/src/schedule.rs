@@ -279,4 +279,17 @@ impl NoiseSchedule {
     pub fn sigma_max(&self) -> f64 {
         self.sigma_at(self.t_range().1)
     }
+
+    /// The finite `(sigma_max, sigma_min)` that schedules spaced in sigma (Karras, exponential,
+    /// log-SNR) and the adaptive solvers run between: the trained range, except that flow
+    /// models start at `t = 1 - 1e-3` rather than at pure noise (`s = inf`) and stop at
+    /// `t = 1e-3` rather than at the data (`s = 0`), as diffusers' flow schedules do.
+    pub fn sampling_range(&self) -> (f64, f64) {
+        let (t_min, t_max) = self.t_range();
+        let hi = self.sigma_max();
+        let hi = if hi.is_finite() { hi } else { self.sigma_at(t_max - 1e-3) };
+        let lo = self.sigma_min();
+        let lo = if lo > 0.0 { lo } else { self.sigma_at(t_min + 1e-3) };
+        (hi, lo)
+    }
 }

@@ -166,6 +166,24 @@ pub enum Scheduler {
 pub const SCHEDULER_NAMES: &[&str] =
     &["uniform", "linspace", "leading", "trailing", "karras", "exponential", "logsnr", "ays", "ays_sdxl"];
 
+impl std::fmt::Display for Scheduler {
+    /// The `--scheduler` name (Karras with another rho than 7 shows it).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scheduler::Uniform => f.write_str("uniform"),
+            Scheduler::Linspace => f.write_str("linspace"),
+            Scheduler::Leading { .. } => f.write_str("leading"),
+            Scheduler::Trailing => f.write_str("trailing"),
+            Scheduler::Karras { rho } if *rho == 7.0 => f.write_str("karras"),
+            Scheduler::Karras { rho } => write!(f, "karras (rho {rho})"),
+            Scheduler::Exponential => f.write_str("exponential"),
+            Scheduler::LogSnr => f.write_str("logsnr"),
+            Scheduler::Ays(AysModel::Sd15) => f.write_str("ays"),
+            Scheduler::Ays(AysModel::Sdxl) => f.write_str("ays_sdxl"),
+        }
+    }
+}
+
 impl FromStr for Scheduler {
     type Err = ScheduleError;
 
@@ -191,7 +209,9 @@ impl FromStr for Scheduler {
 }
 
 impl Scheduler {
-    /// The sigmas for `steps` steps of a model with noise schedule `schedule`.
+    /// The sigmas for `steps` steps of a model with noise schedule `schedule`. Karras,
+    /// exponential and log-SNR spacing run over [`NoiseSchedule::sampling_range`], which for
+    /// flow models starts just below pure noise.
     ///
     /// ```
     /// use stride_solvers::{DiscreteSchedule, NoiseSchedule, Scheduler};
@@ -204,17 +224,8 @@ impl Scheduler {
         if steps == 0 {
             return Err(ScheduleError::ZeroSteps);
         }
-        let (s_min, s_max) = (schedule.sigma_min(), schedule.sigma_max());
-        let finite_range = || {
-            if s_max.is_finite() {
-                Ok((s_min, s_max))
-            } else {
-                Err(ScheduleError::Invalid(format!(
-                    "{self:?} needs a finite sigma_max; this schedule starts from pure noise \
-                     (use uniform, or give --sigmas)"
-                )))
-            }
-        };
+        // Flow models start from pure noise (s = inf): sigma-spaced schedules start just below.
+        let (s_max, s_min) = schedule.sampling_range();
         let mut sigmas: Vec<f64> = match *self {
             Scheduler::Uniform => {
                 let (t_min, t_max) = schedule.t_range();
@@ -229,7 +240,8 @@ impl Scheduler {
             Scheduler::Linspace | Scheduler::Leading { .. } | Scheduler::Trailing => {
                 let NoiseSchedule::Discrete(d) = schedule else {
                     return Err(ScheduleError::Invalid(format!(
-                        "{self:?} spacing needs a discrete-time schedule"
+                        "{self} spacing needs a discrete-time schedule (Stable Diffusion's); \
+                         use uniform, karras, exponential or logsnr"
                     )));
                 };
                 return Sigmas::new(
@@ -241,16 +253,11 @@ impl Scheduler {
                 );
             }
             Scheduler::Karras { rho } => {
-                let (s_min, s_max) = finite_range()?;
                 let (a, b) = (s_max.powf(1.0 / rho), s_min.powf(1.0 / rho));
                 ramp(steps).map(|r| (a + r * (b - a)).powf(rho)).collect()
             }
-            Scheduler::Exponential => {
-                let (s_min, s_max) = finite_range()?;
-                linspace(s_max.ln(), s_min.ln(), steps).map(f64::exp).collect()
-            }
+            Scheduler::Exponential => linspace(s_max.ln(), s_min.ln(), steps).map(f64::exp).collect(),
             Scheduler::LogSnr => {
-                let (s_min, s_max) = finite_range()?;
                 return Sigmas::new(linspace(s_max.ln(), s_min.ln(), steps + 1).map(f64::exp).collect());
             }
             Scheduler::Ays(model) => {
@@ -285,7 +292,7 @@ impl Scheduler {
                 let ratio = t as f64 / steps as f64;
                 (0..steps).map(|i| round_half_even(t as f64 - i as f64 * ratio) as usize - 1).collect()
             }
-            _ => return Err(ScheduleError::Invalid(format!("{self:?} has no integer timesteps"))),
+            _ => return Err(ScheduleError::Invalid(format!("{self} has no integer timesteps"))),
         };
         Ok(ts)
     }

@@ -161,8 +161,8 @@ fn bad_schedules_are_errors_naming_the_entry() {
     let unknown = "karas".parse::<Scheduler>().unwrap_err().to_string();
     assert!(unknown.contains("karras") && unknown.contains("exponential"), "{unknown}");
     let flow = NoiseSchedule::Flow { shift: 3.0 };
-    assert!(Scheduler::Karras { rho: 7.0 }.sigmas(&flow, 10).is_err(), "flow has no finite sigma_max");
-    assert!(Scheduler::Trailing.sigmas(&flow, 10).is_err(), "spacings need a discrete schedule");
+    let trailing = Scheduler::Trailing.sigmas(&flow, 10).unwrap_err().to_string();
+    assert!(trailing.starts_with("trailing spacing needs a discrete-time schedule"), "{trailing}");
 }
 
 #[test]
@@ -170,6 +170,23 @@ fn parse_display_round_trip() {
     let sigmas = Sigmas::parse("14.6,7.8,3.5,0").unwrap();
     assert_eq!(sigmas.as_slice(), &[14.6, 7.8, 3.5, 0.0]);
     assert_eq!(Sigmas::parse(&sigmas.to_string()).unwrap(), sigmas);
+}
+
+/// Flow models start from pure noise (s = inf), which sigma-spaced schedules cannot reach:
+/// they span `t = 1 - 1e-3 .. 1e-3` instead, so the first sigma is `shift 0.999 / (1 - 0.999)`
+/// in flow time made k-sigma (derived: `u = shift t / (1 + (shift - 1) t)`, `s = u / (1 - u)`).
+#[test]
+fn flow_sigma_spaced_schedules_start_just_below_pure_noise() {
+    let flow = NoiseSchedule::Flow { shift: 3.0 };
+    let u = |t: f64| 3.0 * t / (1.0 + 2.0 * t);
+    let (hi, lo) = (u(0.999) / (1.0 - u(0.999)), u(0.001) / (1.0 - u(0.001)));
+    assert_eq!(flow.sampling_range(), (hi, lo));
+    for scheduler in [Scheduler::Karras { rho: 7.0 }, Scheduler::Exponential, Scheduler::LogSnr] {
+        let sigmas = scheduler.sigmas(&flow, 10).unwrap();
+        assert!((sigmas.first() / hi - 1.0).abs() < 1e-12, "{scheduler}: {}", sigmas.first());
+        let last_nonzero = sigmas.as_slice().iter().rev().find(|&&s| s > 0.0).unwrap();
+        assert!((last_nonzero / lo - 1.0).abs() < 1e-12, "{scheduler}: {last_nonzero}");
+    }
 }
 
 /// Every schedule's inverse maps: t_at(sigma_at(t)) = t, and lambda is -ln s.

@@ -11,9 +11,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
-use stride_models::{GaussianMixture, TinyShapes};
+use stride_models::GaussianMixture;
 use stride_solvers::adaptive::{AdaptiveSampler, EulerMaruyama};
 use stride_solvers::{
     Denoiser, NoiseSchedule, NoiseSource, Parameterization, Sampler, SamplerKind, Scheduler, Sigmas,
@@ -33,9 +33,10 @@ pub struct Args {
     /// dpmpp_2m step counts.
     #[arg(long, value_delimiter = ',', default_value = "5,8,10,15,20,30,50,100")]
     dpmpp_steps: Vec<usize>,
-    /// Gaussian mixture: dimension, and samples for the Fréchet distance.
+    /// Gaussian mixture: dimension.
     #[arg(long, default_value_t = 8)]
     dim: usize,
+    /// Gaussian mixture: samples for the Fréchet distance.
     #[arg(long, default_value_t = 8192)]
     samples: usize,
     /// Gaussian mixture: component stds (0.1 to 0.4) multiplied by this.
@@ -47,11 +48,8 @@ pub struct Args {
     /// Bundled model: samples for the ODE comparison (each needs a 1000-step reference).
     #[arg(long, default_value_t = 16)]
     model_ode_samples: usize,
-    /// Model folder (the bundled tiny-shapes by default).
-    #[arg(long)]
-    model_dir: Option<PathBuf>,
-    #[arg(long, default_value = "models/tiny-shapes/heldout_prompts.txt")]
-    prompts: PathBuf,
+    #[command(flatten)]
+    heldout: crate::eval::Heldout,
     #[arg(long, default_value_t = 3.0)]
     cfg_scale: f64,
     /// Where to write the two NFE-vs-error plots (`_sde.svg`, `_ode.svg` are appended).
@@ -179,7 +177,7 @@ fn mixture(args: &Args, sde_plot: &mut Vec<Series>, ode_plot: &mut Vec<Series>) 
     let schedule = NoiseSchedule::continuous_vp();
     let model = GaussianMixture::synthetic(args.dim, 8, schedule.clone())
         .with_parameterization(Parameterization::Epsilon);
-    let (sigma_max, sigma_min) = AdaptiveSampler::sigma_range(&schedule);
+    let (sigma_max, sigma_min) = schedule.sampling_range();
     let (n, d) = (args.samples, args.dim);
     let exact = model.moments();
     let initial = |batch: usize| -> Result<Tensor> {
@@ -373,14 +371,10 @@ const MODEL_MAX_EM_STEPS: usize = 200;
 const MODEL_MIN_RTOL: f64 = 0.02;
 
 fn bundled_model(args: &Args, ode_plot: &mut Vec<Series>) -> Result<()> {
-    let dir = args.model_dir.clone().unwrap_or_else(TinyShapes::default_dir);
-    let model = TinyShapes::load(&dir, &Device::Cpu).with_context(|| format!("loading {}", dir.display()))?;
-    let mut prompts = stride_shapes::read_prompts(&args.prompts)
-        .with_context(|| format!("reading prompts from {}", args.prompts.display()))?;
-    prompts.truncate(args.model_samples);
+    let crate::eval::Loaded { model, prompts, .. } = args.heldout.load(args.model_samples, &Device::Cpu)?;
     let texts: Vec<&str> = prompts.iter().map(|p| p.text.as_str()).collect();
     let denoiser = model.denoiser(&texts, args.cfg_scale)?;
-    let (sigma_max, sigma_min) = AdaptiveSampler::sigma_range(denoiser.schedule());
+    let (sigma_max, sigma_min) = denoiser.schedule().sampling_range();
     let side = stride_shapes::SIDE;
     let initial = |batch: usize| -> Result<Tensor> {
         let z = TorchNoise::consecutive(0, batch).sample(

@@ -1,7 +1,6 @@
 //! `stride bench generate`: speed of the bundled model, and the solver's share of each step.
 
 use std::cell::Cell;
-use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -11,9 +10,9 @@ use stride_solvers::{Denoiser, NoiseSchedule, Parameterization, Sampler, Schedul
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model folder (the bundled tiny-shapes by default).
-    #[arg(long)]
-    model_dir: Option<PathBuf>,
+    /// tiny-shapes (the bundled model) or a folder holding one.
+    #[arg(long, alias = "model-dir", default_value = "tiny-shapes")]
+    model: String,
     #[arg(long, default_value = "dpmpp_2m")]
     sampler: String,
     #[arg(long, default_value_t = 20)]
@@ -50,7 +49,7 @@ impl<D: Denoiser> Denoiser for Timed<'_, D> {
 
 pub fn run(args: Args) -> Result<()> {
     anyhow::ensure!(args.runs > 0 && args.steps > 0, "--runs and --steps must be at least 1");
-    let dir = args.model_dir.clone().unwrap_or_else(TinyShapes::default_dir);
+    let dir = TinyShapes::dir_of(&args.model);
     let model = TinyShapes::load(&dir, &Device::Cpu).with_context(|| format!("loading {}", dir.display()))?;
     let sampler: Sampler = args.sampler.parse()?;
     println!(

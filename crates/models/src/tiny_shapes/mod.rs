@@ -56,6 +56,16 @@ impl TinyShapes {
         dir.canonicalize().unwrap_or(dir)
     }
 
+    /// The folder a `--model` value names: `tiny-shapes` is the bundled model, anything else a
+    /// folder holding one.
+    pub fn dir_of(model: &str) -> PathBuf {
+        if model == "tiny-shapes" {
+            Self::default_dir()
+        } else {
+            PathBuf::from(model)
+        }
+    }
+
     /// Loads `config.json`, `tokenizer.json` and `model.safetensors` from `dir`.
     pub fn load(dir: &Path, device: &Device) -> Result<Self, ModelError> {
         let file_err = |path: &Path, reason: String| ModelError::File { path: path.to_path_buf(), reason };
