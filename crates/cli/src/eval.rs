@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use stride_models::TinyShapes;
-use stride_shapes::{check, Attribute, Image32, Prompt, World};
+use stride_shapes::{check, is_heldout_in_every_order, Attribute, Image32, Prompt, World};
 use stride_solvers::{Denoiser, Sampler, Scheduler, TorchNoise};
 
 use crate::device::DeviceArg;
@@ -201,6 +201,7 @@ pub fn pass_rate(prompts: &[Prompt], images: &[Image32]) -> f64 {
 fn report(steps: usize, prompts: &[Prompt], images: &[Image32]) {
     let mut passed = 0;
     let (mut single, mut single_passed) = (0, 0);
+    let (mut unseen, mut unseen_passed) = (0, 0);
     let mut per_attribute: Vec<(Attribute, usize, usize)> = Vec::new();
     for (prompt, image) in prompts.iter().zip(images) {
         let report = check(&prompt.request, image);
@@ -211,6 +212,10 @@ fn report(steps: usize, prompts: &[Prompt], images: &[Image32]) {
         if one_object {
             single += 1;
             single_passed += usize::from(ok);
+        }
+        if is_heldout_in_every_order(&prompt.request) {
+            unseen += 1;
+            unseen_passed += usize::from(ok);
         }
         for (attribute, satisfied) in report.attributes() {
             match per_attribute.iter_mut().find(|(a, _, _)| *a == attribute) {
@@ -228,6 +233,10 @@ fn report(steps: usize, prompts: &[Prompt], images: &[Image32]) {
         rate(passed, prompts.len()),
         prompts.len(),
         rate(single_passed, single)
+    );
+    println!(
+        "  requests held out in every phrase order (never trained in any wording): {:.3} ({unseen_passed}/{unseen})",
+        rate(unseen_passed, unseen)
     );
     per_attribute.sort_by_key(|(a, _, _)| *a as usize);
     println!("  {:<12} {:>8} {:>10}", "attribute", "rate", "requested");

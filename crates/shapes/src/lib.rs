@@ -94,7 +94,8 @@
 //!
 //! [`is_heldout`] sets aside a fixed 1 in 16 of all prompt texts by a stable hash of their
 //! words. [`World::sample`] never returns one; [`World::heldout_prompts`] returns only
-//! those, so an evaluation set is never seen in training. [`write_prompts`] and
+//! those, so an evaluation set's texts are never seen in training (its requests can be, in
+//! another phrase order: [`is_heldout_in_every_order`] tells). [`write_prompts`] and
 //! [`read_prompts`] store a prompt list as text, one a line.
 //!
 //! Vocabulary: [`VOCABULARY`] lists every word of the grammar; [`token_ids`] maps a prompt
@@ -111,8 +112,9 @@ pub use check::{
 };
 pub use image::{render, Image32, ImageError, LEN};
 pub use prompt::{
-    is_heldout, parse_prompts, read_prompts, token_ids, words, write_prompts, Detail, Number, ParseError,
-    Phrase, Prompt, PromptsFileError, Request, MAX_PHRASES, MAX_PROMPT_WORDS, VOCABULARY,
+    is_heldout, is_heldout_in_every_order, parse_prompts, read_prompts, token_ids, words, write_prompts,
+    Detail, Number, ParseError, Phrase, Prompt, PromptsFileError, Request, MAX_PHRASES, MAX_PROMPT_WORDS,
+    VOCABULARY,
 };
 pub use rand;
 pub use rand_chacha;

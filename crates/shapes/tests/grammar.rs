@@ -3,8 +3,9 @@
 use std::collections::{BTreeMap, HashSet};
 
 use stride_shapes::{
-    is_heldout, parse_prompts, read_prompts, token_ids, words, write_prompts, Cell, Color, Detail, Number,
-    ParseError, Phrase, Prompt, Request, Scene, Shape, Size, World, MAX_PROMPT_WORDS, VOCABULARY,
+    is_heldout, is_heldout_in_every_order, parse_prompts, read_prompts, token_ids, words, write_prompts,
+    Cell, Color, Detail, Number, ParseError, Phrase, Prompt, Request, Scene, Shape, Size, World,
+    MAX_PROMPT_WORDS, VOCABULARY,
 };
 
 #[test]
@@ -206,6 +207,22 @@ fn heldout_prompts_are_disjoint_from_training() {
     // The split reads words, not punctuation or case.
     let t = &held[0].text;
     assert!(is_heldout(&format!("{}.", t.to_uppercase())));
+
+    // The split is by text: a multi-phrase request is usually a training prompt in some other
+    // phrase order. 314 of the 340 multi-phrase prompts here are, as a separate Python
+    // re-implementation of the hash (written for a review) also counted.
+    let single = |p: &&Prompt| p.request.phrases.len() == 1;
+    assert!(held.iter().filter(single).all(|p| is_heldout_in_every_order(&p.request)));
+    let multi: Vec<&Prompt> = held.iter().filter(|p| p.request.phrases.len() > 1).collect();
+    let seen_in_another_order = multi.iter().filter(|p| !is_heldout_in_every_order(&p.request)).count();
+    assert_eq!((multi.len(), seen_in_another_order), (340, 314));
+    for p in &multi {
+        let mut reversed = p.request.clone();
+        reversed.phrases.reverse();
+        if !is_heldout(&reversed.to_string()) {
+            assert!(!is_heldout_in_every_order(&p.request), "{}", p.text);
+        }
+    }
 }
 
 #[test]
