@@ -35,7 +35,7 @@ use crate::work::{RunArgs, Shard, WorkDir};
     after_help = "Examples:
   stride distill --samples 16                           # the shipped tiny-shapes schedules
   stride distill --solver dpmpp_2m --nfe 5,10 --samples 16 --teacher-steps 100 --out my-schedules
-  stride distill --prompts calibration.txt --solver euler --method exact   # the cheap mode
+  stride distill --samples 16 --solver euler --method exact   # the cheap mode (shipped in schedules/exact)
   stride distill --shard 3/8 --out runs/oss   # one of 8 machines; the last to finish merges
   stride distill --model sd15 --prompts prompts.txt --solver dpmpp_2m --nfe 10 --device cuda --out sd15-oss
 
@@ -52,10 +52,13 @@ pub struct Args {
 enum DistillCommand {
     /// Combine the records of every shard of a job and write its schedule files.
     Merge {
-        /// The job's output folder, holding work/job.json and work/records-*.jsonl (default: the
-        /// bundled model's schedules/).
+        /// The job's output folder, holding work/job.json and work/records-*.jsonl (default:
+        /// --model's schedules/).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// The tiny-shapes model whose default job folder to merge (tiny-shapes or a folder).
+        #[arg(long, default_value = "tiny-shapes")]
+        model: String,
     },
 }
 
@@ -112,7 +115,8 @@ struct JobArgs {
     #[arg(long, alias = "batch-size", default_value_t = 8)]
     batch: usize,
     /// Output folder: the schedule files, and work/ with the job's checkpoint (default for
-    /// tiny-shapes models: the model folder's schedules/, where --scheduler distilled looks).
+    /// tiny-shapes models: the model folder's schedules/, where --scheduler distilled looks;
+    /// schedules/exact/ for --method exact, where `eval schedules` looks).
     #[arg(long)]
     out: Option<PathBuf>,
     #[command(flatten)]
@@ -316,8 +320,8 @@ fn parameterization_named(name: &str) -> Result<Parameterization> {
 
 pub fn run(args: Args) -> Result<()> {
     match args.command {
-        Some(DistillCommand::Merge { out }) => {
-            let out = out.unwrap_or_else(|| TinyShapes::default_dir().join(crate::schedules::SHIPPED_DIR));
+        Some(DistillCommand::Merge { out, model }) => {
+            let out = out.unwrap_or_else(|| TinyShapes::dir_of(&model).join(crate::schedules::SHIPPED_DIR));
             let manifest = work(&out).read_manifest::<Manifest>()?;
             write_schedules(&out, &manifest)
         }
@@ -336,7 +340,14 @@ fn run_job(args: JobArgs) -> Result<()> {
     let loaded = load_model(&args, &device)?;
     let out = match (&args.out, &loaded) {
         (Some(out), _) => out.clone(),
-        (None, Loaded::Tiny { dir, .. }) => dir.join(crate::schedules::SHIPPED_DIR),
+        (None, Loaded::Tiny { dir, .. }) => {
+            let shipped = dir.join(crate::schedules::SHIPPED_DIR);
+            if args.method == "exact" {
+                shipped.join("exact")
+            } else {
+                shipped
+            }
+        }
         (None, Loaded::Sd(..)) => bail!("--out DIR: where to write the schedules"),
     };
     let texts: Vec<&str> = prompts.iter().map(String::as_str).collect();

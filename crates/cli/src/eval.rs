@@ -25,7 +25,8 @@ pub struct Args {
     command: Option<EvalCommand>,
     #[command(flatten)]
     heldout: Heldout,
-    /// Write the 500 held-out prompts of the shapes world (seed 0) to this file and exit.
+    /// Write the 500 held-out prompts of the shapes world (seed 0) to this file and exit (a
+    /// model folder's heldout_prompts.txt is this list).
     #[arg(long)]
     write_heldout: Option<PathBuf>,
     /// Use only the first N prompts.
@@ -52,6 +53,11 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
 }
+
+/// A model folder's held-out prompts (`stride eval --write-heldout`).
+const HELDOUT_FILE: &str = "heldout_prompts.txt";
+/// How many held-out prompts the shapes world's evaluation set has (from seed 0).
+const HELDOUT_COUNT: usize = 500;
 
 /// `--model` and `--prompts` of the jobs that run the bundled model on held-out prompts.
 #[derive(clap::Args)]
@@ -80,13 +86,18 @@ impl Heldout {
         let dir = TinyShapes::dir_of(&self.model);
         let model = TinyShapes::load(&dir, device)
             .with_context(|| format!("loading the model from {}", dir.display()))?;
-        let prompts_path = self.prompts.clone().unwrap_or_else(|| dir.join("heldout_prompts.txt"));
-        let mut prompts = stride_shapes::read_prompts(&prompts_path).with_context(|| {
-            format!(
-                "reading prompts from {} (`stride eval --write-heldout` makes one)",
-                prompts_path.display()
-            )
-        })?;
+        let prompts_path = self.prompts.clone().unwrap_or_else(|| dir.join(HELDOUT_FILE));
+        let mut prompts = if self.prompts.is_none() && !prompts_path.exists() {
+            // A run folder's export has no prompts file: the bundled one is this same list.
+            eprintln!(
+                "note: {} has no {HELDOUT_FILE}: using the shapes world's {HELDOUT_COUNT} held-out prompts",
+                dir.display()
+            );
+            World::new(0).heldout_prompts(HELDOUT_COUNT)
+        } else {
+            stride_shapes::read_prompts(&prompts_path)
+                .with_context(|| format!("reading prompts from {}", prompts_path.display()))?
+        };
         prompts.truncate(limit);
         anyhow::ensure!(!prompts.is_empty(), "no prompts in {}", prompts_path.display());
         // A prompt the model cannot read (too many words) fails here, not after hours of work.
@@ -116,7 +127,7 @@ pub fn run(args: Args) -> Result<()> {
         None => {}
     }
     if let Some(path) = &args.write_heldout {
-        let prompts = World::new(0).heldout_prompts(500);
+        let prompts = World::new(0).heldout_prompts(HELDOUT_COUNT);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
@@ -235,7 +246,7 @@ fn report(steps: usize, prompts: &[Prompt], images: &[Image32]) {
         rate(single_passed, single)
     );
     println!(
-        "  requests held out in every phrase order (never trained in any wording): {:.3} ({unseen_passed}/{unseen})",
+        "  requests held out in every phrase order (never trained in any order): {:.3} ({unseen_passed}/{unseen})",
         rate(unseen_passed, unseen)
     );
     per_attribute.sort_by_key(|(a, _, _)| *a as usize);

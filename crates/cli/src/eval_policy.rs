@@ -24,7 +24,7 @@ use crate::train_policy::{psnr, text_features};
 
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
-  stride eval policy                        # the shipped policy on 200 held-out prompts
+  stride eval policy                        # the model's policy on 200 held-out prompts
   stride eval policy --limit 50 --policy my-policy
   stride eval policy --write                # also store the results in policy.json")]
 pub struct Args {

@@ -37,8 +37,8 @@ pub struct Args {
     /// NFE is interpolated from the nearest file.
     #[arg(long)]
     oss_dir: Option<PathBuf>,
-    /// Exact-DP schedules (`SOLVER-NFE.json`, single-step solvers; default: the model folder's
-    /// schedules/exact/).
+    /// Exact-DP schedules (`SOLVER-NFE.json`, single-step solvers; default: exact/ in the OSS
+    /// folder).
     #[arg(long)]
     exact_dir: Option<PathBuf>,
     /// The teacher: euler over this many uniform steps.

@@ -310,9 +310,22 @@ fn jobs(args: &Args) -> Result<Vec<Job>> {
             params.dtype = (dtype != "f32").then(|| dtype.clone());
         }
         // Where the model is now, when the image was made elsewhere.
-        if args.model.is_some() || args.weights_dir.is_some() {
-            params.model = args.model().to_string();
-            params.weights = args.weights_dir.as_ref().map(|d| absolute(d).display().to_string());
+        if let Some(model) = &args.model {
+            (params.model, params.weights) = (model.clone(), None);
+        }
+        if let Some(dir) = &args.weights_dir {
+            params.weights = Some(absolute(dir).display().to_string());
+        }
+        check_size(
+            &choose_model(&params.model, params.weights.as_deref().map(Path::new))?,
+            params.width,
+            params.height,
+        )
+        .with_context(|| format!("{} was made with another model", path.display()))?;
+        // Older versions recorded an eta that adaptive_sde, euler and heun ignore.
+        if params.eta.is_some() && !sampler_takes_eta(&params.sampler)? {
+            eprintln!("note: {} records an eta, which {} ignores", path.display(), params.sampler);
+            params.eta = None;
         }
         return Ok(vec![Job { params, index: 0 }]);
     }
@@ -360,10 +373,14 @@ fn line_params(args: &Args, choice: &Choice, line: &Line, seed: u64) -> Result<P
         "the prompt is empty: describe the image, e.g. \"a red circle\""
     );
     let sampler = line.sampler.clone().or_else(|| args.sampler.clone()).unwrap_or_else(|| "dpmpp_2m".into());
-    let mut adaptive = sampler.parse::<AdaptiveSampler>().ok();
-    if adaptive.is_none() {
-        let _: Sampler = sampler.parse()?;
-    }
+    let adaptive = sampler.parse::<AdaptiveSampler>().is_ok();
+    let takes_eta = sampler_takes_eta(&sampler)?;
+    // A setting the line's sampler would ignore is an error where it was given beside that
+    // sampler (both on the command line, or both on the line); where a prompts-file line
+    // chose another sampler, the command line's setting does not apply to that line. Either
+    // way the PNG records only what ran.
+    let beside_sampler =
+        |on_line: bool, on_command_line: bool| on_line || (on_command_line && line.sampler.is_none());
     let (steps, scheduler, cfg_scale, width, height) = match choice {
         Choice::Tiny(_) => (20, "uniform", 3.0, stride_shapes::SIDE, stride_shapes::SIDE),
         Choice::Sd { variant, dir } => {
@@ -371,23 +388,101 @@ fn line_params(args: &Args, choice: &Choice, line: &Line, seed: u64) -> Result<P
             (d.steps, d.scheduler, d.cfg_scale, d.width, d.height)
         }
     };
-    let explicit_steps = line.steps.or(match args.steps {
-        Some(Steps::Count(n)) => Some(n),
-        _ => None,
-    });
-    let mut steps = explicit_steps.unwrap_or(steps);
-    let mut scheduler =
-        line.scheduler.clone().or_else(|| args.scheduler.clone()).unwrap_or_else(|| scheduler.to_string());
-    let mut sigmas = line.sigmas.clone().or_else(|| args.sigmas.clone());
-    if args.schedule.is_some() || scheduler == "distilled" {
-        anyhow::ensure!(sigmas.is_none(), "--sigmas and a distilled schedule: give one of them");
-        let distilled = distilled_sigmas(args, choice, &sampler, explicit_steps, steps)?;
-        (steps, scheduler, sigmas) =
-            (distilled.steps(), "distilled".into(), Some(schedules::to_list(&distilled)));
+    let (mut steps, mut scheduler, mut sigmas) = (steps, scheduler.to_string(), None);
+    if adaptive {
+        let step_settings = beside_sampler(line.steps.is_some(), matches!(args.steps, Some(Steps::Count(_))))
+            || beside_sampler(line.sigmas.is_some(), args.sigmas.is_some())
+            || beside_sampler(line.scheduler.is_some(), args.scheduler.is_some() || args.schedule.is_some());
+        anyhow::ensure!(
+            !step_settings,
+            "{sampler} chooses its own steps: drop --steps, --sigmas, --scheduler and --schedule (--rtol and \
+             --atol set its accuracy)"
+        );
+    } else {
+        let explicit_steps = line.steps.or(match args.steps {
+            Some(Steps::Count(n)) => Some(n),
+            _ => None,
+        });
+        steps = explicit_steps.unwrap_or(steps);
+        scheduler = line.scheduler.clone().or_else(|| args.scheduler.clone()).unwrap_or(scheduler);
+        sigmas = line.sigmas.clone().or_else(|| args.sigmas.clone());
+        if args.schedule.is_some() || scheduler == "distilled" {
+            anyhow::ensure!(sigmas.is_none(), "--sigmas and a distilled schedule: give one of them");
+            let distilled = distilled_sigmas(args, choice, &sampler, explicit_steps, steps)?;
+            (steps, scheduler, sigmas) =
+                (distilled.steps(), "distilled".into(), Some(schedules::to_list(&distilled)));
+        }
+        match &sigmas {
+            Some(list) if scheduler != "distilled" => {
+                // The metadata records what ran: the list's step count, and no named schedule.
+                let n = Sigmas::parse(list).context("--sigmas")?.steps();
+                if let Some(explicit) = explicit_steps.filter(|&e| e != n) {
+                    bail!("--steps {explicit} and --sigmas with {n} steps: give one of them");
+                }
+                (steps, scheduler) = (n, "custom".into());
+            }
+            Some(_) => {}
+            None => drop(scheduler.parse::<Scheduler>()?),
+        }
+        anyhow::ensure!(steps > 0, "--steps must be at least 1");
     }
     let cfg_scale = line.cfg_scale.or(args.cfg_scale).unwrap_or(cfg_scale);
     let size = |arg: Option<u32>, default: usize| arg.map_or(default, |v| v as usize);
     let (width, height) = (size(line.width.or(args.width), width), size(line.height.or(args.height), height));
+    check_size(choice, width, height)?;
+    anyhow::ensure!(cfg_scale.is_finite(), "--cfg-scale must be a finite number");
+    let eta = match line.eta.or(args.eta) {
+        Some(eta) if takes_eta => {
+            anyhow::ensure!(eta.is_finite() && eta >= 0.0, "--eta must be a finite number >= 0");
+            Some(eta)
+        }
+        Some(_) if beside_sampler(line.eta.is_some(), args.eta.is_some()) => bail!(
+            "{sampler} has no eta (it solves the ODE, or for adaptive_sde always the SDE); these take one: \
+             euler_ancestral, ddim, dpmpp_2m, dpmpp_3m, dpmpp_2s, dpmpp_2s_ancestral, dpmpp_2m_sde, \
+             dpmpp_3m_sde, dpm_adaptive"
+        ),
+        _ => None,
+    };
+    let (rtol, atol) = if adaptive {
+        (args.rtol, args.atol)
+    } else {
+        anyhow::ensure!(
+            !beside_sampler(false, args.rtol.is_some() || args.atol.is_some()),
+            "--rtol and --atol are for the adaptive samplers (adaptive_sde, dpm_adaptive); {sampler} takes --steps"
+        );
+        (None, None)
+    };
+    Ok(Params {
+        prompt: line.prompt.clone(),
+        negative_prompt: line.negative_prompt.clone().unwrap_or_else(|| args.negative_prompt.clone()),
+        steps,
+        sampler,
+        scheduler,
+        sigmas,
+        eta,
+        rtol,
+        atol,
+        cfg_scale,
+        seed: line.seed.unwrap_or(seed),
+        width,
+        height,
+        model: args.model().to_string(),
+        weights: args.weights_dir.as_ref().map(|d| absolute(d).display().to_string()),
+        dtype: args.dtype.clone().filter(|d| d != "f32"),
+        step_policy: None,
+    })
+}
+
+/// Whether `--eta` changes what `sampler` (a fixed-step or adaptive sampler's name) does.
+fn sampler_takes_eta(sampler: &str) -> Result<bool> {
+    match sampler.parse::<AdaptiveSampler>() {
+        Ok(adaptive) => Ok(adaptive.takes_eta()),
+        Err(_) => Ok(sampler.parse::<Sampler>()?.kind.takes_eta()),
+    }
+}
+
+/// The image sizes a model draws.
+fn check_size(choice: &Choice, width: usize, height: usize) -> Result<()> {
     if let Choice::Tiny(_) = choice {
         anyhow::ensure!(
             (width, height) == (stride_shapes::SIDE, stride_shapes::SIDE),
@@ -400,60 +495,7 @@ fn line_params(args: &Args, choice: &Choice, line: &Line, seed: u64) -> Result<P
             "--width {width} --height {height}: Stable Diffusion needs positive multiples of 8"
         );
     }
-    match &sigmas {
-        Some(list) if scheduler != "distilled" => {
-            // The metadata records what ran: the list's step count, and no named schedule.
-            let n = Sigmas::parse(list).context("--sigmas")?.steps();
-            if let Some(explicit) = explicit_steps.filter(|&e| e != n) {
-                bail!("--steps {explicit} and --sigmas with {n} steps: give one of them");
-            }
-            (steps, scheduler) = (n, "custom".into());
-        }
-        Some(_) => {}
-        None => drop(scheduler.parse::<Scheduler>()?),
-    }
-    anyhow::ensure!(steps > 0, "--steps must be at least 1");
-    anyhow::ensure!(cfg_scale.is_finite(), "--cfg-scale must be a finite number");
-    let eta = line.eta.or(args.eta);
-    if let Some(eta) = eta {
-        anyhow::ensure!(eta.is_finite() && eta >= 0.0, "--eta must be a finite number >= 0");
-    }
-    // Settings the sampler would ignore are refused, not recorded in the PNG as if they ran.
-    match &mut adaptive {
-        Some(adaptive) => {
-            anyhow::ensure!(
-                explicit_steps.is_none() && sigmas.is_none(),
-                "{sampler} chooses its own steps: drop --steps, --sigmas and --schedule (--rtol and --atol set \
-                 its accuracy)"
-            );
-            if let Some(eta) = eta {
-                adaptive.set_eta(eta)?;
-            }
-        }
-        None => anyhow::ensure!(
-            args.rtol.is_none() && args.atol.is_none(),
-            "--rtol and --atol are for the adaptive samplers (adaptive_sde, dpm_adaptive); {sampler} takes --steps"
-        ),
-    }
-    Ok(Params {
-        prompt: line.prompt.clone(),
-        negative_prompt: line.negative_prompt.clone().unwrap_or_else(|| args.negative_prompt.clone()),
-        steps,
-        sampler,
-        scheduler,
-        sigmas,
-        eta,
-        rtol: args.rtol,
-        atol: args.atol,
-        cfg_scale,
-        seed: line.seed.unwrap_or(seed),
-        width,
-        height,
-        model: args.model().to_string(),
-        weights: args.weights_dir.as_ref().map(|d| absolute(d).display().to_string()),
-        dtype: args.dtype.clone().filter(|d| d != "f32"),
-        step_policy: None,
-    })
+    Ok(())
 }
 
 fn parse_dtype(name: &str) -> Result<DType> {

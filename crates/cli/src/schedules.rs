@@ -116,10 +116,10 @@ pub fn shipped(model_dir: &Path, solver: &str, steps: usize) -> Result<PathBuf> 
     match nearest(&dir, solver, steps) {
         Some(path) => Ok(path),
         None => bail!(
-            "--scheduler distilled: no schedule for {solver} in {} (distill one with `stride distill --solver \
-             {solver} --out {}`, or pass --schedule FILE)",
+            "--scheduler distilled: no schedule for {solver} in {} (distill one with `stride distill --model {} \
+             --solver {solver}`, or pass --schedule FILE)",
             dir.display(),
-            dir.display()
+            model_dir.display()
         ),
     }
 }

@@ -29,7 +29,7 @@ use crate::work::{RunArgs, Shard, WorkDir};
 #[command(
     args_conflicts_with_subcommands = true,
     after_help = "Examples:
-  stride train-policy                                   # the shipped policy (models/tiny-shapes/policy)
+  stride train-policy                                   # the model's policy (models/tiny-shapes/policy)
   stride train-policy --prompts train.txt --seeds 4 --out my-policy
   stride train-policy --scheduler distilled --out models/tiny-shapes/policy-distilled
   stride train-policy merge --lambda 1.0                 # refit on the finished table: cheaper choices
@@ -50,9 +50,12 @@ pub struct Args {
 enum PolicyCommand {
     /// Train the policy from a finished table (every shard done).
     Merge {
-        /// The job's output folder (default: the bundled model's policy/).
+        /// The job's output folder (default: --model's policy/).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// The model whose default job folder to fit (tiny-shapes or a folder).
+        #[arg(long, default_value = "tiny-shapes")]
+        model: String,
         #[command(flatten)]
         training: TrainingArgs,
     },
@@ -270,8 +273,8 @@ fn read_table(out: &Path, manifest: &Manifest) -> Result<BTreeMap<usize, Vec<Rec
 
 pub fn run(args: Args) -> Result<()> {
     match args.command {
-        Some(PolicyCommand::Merge { out, training }) => {
-            let out = out.unwrap_or_else(|| TinyShapes::default_dir().join(stride_policy::MODEL_POLICY_DIR));
+        Some(PolicyCommand::Merge { out, model, training }) => {
+            let out = out.unwrap_or_else(|| TinyShapes::dir_of(&model).join(stride_policy::MODEL_POLICY_DIR));
             let manifest: Manifest = work(&out).read_manifest()?;
             let done = read_table(&out, &manifest)?;
             fit_and_save(&out, &manifest, done, &training, &Device::Cpu, false)

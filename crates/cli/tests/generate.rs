@@ -235,11 +235,28 @@ fn adaptive_samplers_report_their_steps_and_respect_the_cap() {
         pixels(&dir.join(name)).2
     };
     assert_ne!(run("0", "eta0.png"), run("1", "eta1.png"));
+    // A prompts-file line may choose another sampler: the command line's --rtol does not apply
+    // to it, and is not recorded for it.
+    let lines = ["a red circle", r#"{"prompt": "a blue square", "sampler": "euler", "steps": 2}"#];
+    std::fs::write(dir.join("mixed.txt"), lines.join("\n")).unwrap();
+    let out = generate(
+        &dir,
+        &["--prompts-file", "mixed.txt", "--sampler", "dpm_adaptive", "--rtol", "0.2", "-o", "m-{index}.png"],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let info = |name: &str| {
+        String::from_utf8_lossy(&stride().arg("info").arg(dir.join(name)).output().unwrap().stdout)
+            .into_owned()
+    };
+    assert!(info("m-0.png").contains("Sampler: dpm_adaptive") && info("m-0.png").contains("RTol: 0.2"));
+    assert!(info("m-1.png").contains("Steps: 2, Sampler: euler") && !info("m-1.png").contains("RTol"));
     // Settings a sampler would ignore are refused.
     for (args, expect) in [
         (&["--sampler", "adaptive_sde", "--eta", "1"][..], "adaptive_sde has no eta"),
         (&["--sampler", "dpm_adaptive", "--steps", "10"][..], "chooses its own steps"),
         (&["--sampler", "euler", "--rtol", "0.1"][..], "--rtol and --atol are for the adaptive samplers"),
+        (&["--sampler", "heun", "--eta", "1"][..], "heun has no eta"),
+        (&["--sampler", "adaptive_sde", "--scheduler", "karras"][..], "chooses its own steps"),
     ] {
         let out = generate(&dir, &[&["a red circle", "-o", "x.png"][..], args].concat());
         let err = String::from_utf8_lossy(&out.stderr);
@@ -300,7 +317,8 @@ fn jsonl_prompt_lines_override_the_command_line_and_previews_are_written() {
 }
 
 /// `stride eval` reads the held-out prompts of the model it is given (its folder's
-/// heldout_prompts.txt), and refuses a prompt the model cannot read before sampling anything.
+/// heldout_prompts.txt, else the shapes world's list), and refuses a prompt the model cannot
+/// read before sampling anything.
 #[test]
 fn eval_reads_the_model_folders_prompts_and_checks_them_first() {
     let dir = temp_dir("eval-prompts");
@@ -313,10 +331,16 @@ fn eval_reads_the_model_folders_prompts_and_checks_them_first() {
             .output()
             .unwrap()
     };
-    let out = eval(&[]);
+    // A run folder's export has no prompts file: the shapes world's held-out list stands in.
+    let out = eval(&["--limit", "2"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    let expected = model().join("heldout_prompts.txt");
-    assert!(!out.status.success() && err.contains(&*expected.to_string_lossy()), "{err}");
+    assert!(out.status.success() && err.contains("has no heldout_prompts.txt"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ShapesEval on 2 held-out prompts"));
+    std::fs::write(model().join("heldout_prompts.txt"), "a red circle\na blue square\n").unwrap();
+    let out = eval(&[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("ShapesEval on 2 held-out prompts"), "{stdout}");
+    std::fs::remove_file(model().join("heldout_prompts.txt")).unwrap();
     // Four full phrases parse (the grammar allows up to nine) but exceed the model's 31 words.
     let cells = ["top left", "top right", "bottom left", "bottom right"];
     let long = cells.map(|cell| format!("a large red circle in the {cell}")).join(" and ");

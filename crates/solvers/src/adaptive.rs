@@ -985,6 +985,12 @@ impl AdaptiveSampler {
         *a = atol.unwrap_or(*a);
     }
 
+    /// Whether it has an `eta` (dpm_adaptive's ancestral noise; adaptive_sde always
+    /// integrates the SDE).
+    pub fn takes_eta(&self) -> bool {
+        matches!(self, Self::Dpm(_))
+    }
+
     /// Sets dpm_adaptive's ancestral noise (`--eta`); adaptive_sde, which always integrates
     /// the SDE, has none.
     pub fn set_eta(&mut self, eta: f64) -> Result<(), SolverError> {

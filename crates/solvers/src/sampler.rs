@@ -67,6 +67,11 @@ impl SamplerKind {
         }
     }
 
+    /// Whether `eta` changes the update (euler and heun are ODE solvers only).
+    pub fn takes_eta(self) -> bool {
+        !matches!(self, SamplerKind::Euler | SamplerKind::Heun)
+    }
+
     /// The solver's order of convergence as an ODE solver (eta 0).
     pub fn order(self) -> usize {
         use SamplerKind::*;
