@@ -50,14 +50,18 @@ pub struct Args {
     /// Store the held-out results in the policy's policy.json.
     #[arg(long)]
     write: bool,
-    /// Steps chosen against prompt richness, and pass rate against mean steps.
+    /// Steps chosen against prompt richness here, and pass rate against mean steps beside it
+    /// (`_tradeoff` added to the name).
     #[arg(long, default_value = "assets/eval_policy.svg")]
     plot: PathBuf,
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
 }
 
-/// Images of every prompt at one step count and schedule.
+/// How many shuffles of the policy's choices make the random rule's row.
+const RANDOM_DRAWS: u64 = 100;
+
+/// Every prompt's result at one schedule.
 struct Column {
     steps: usize,
     passed: Vec<bool>,
@@ -72,17 +76,62 @@ struct Row {
     psnr: f64,
 }
 
-/// Looks up each prompt's result at its chosen column.
-fn row(name: &str, columns: &[Column], choice: &[usize]) -> Row {
-    let n = choice.len() as f64;
-    let mean = |f: &dyn Fn(usize, &Column) -> f64| {
-        choice.iter().enumerate().map(|(i, &c)| f(i, &columns[c])).sum::<f64>() / n
-    };
-    Row {
-        name: name.into(),
-        mean_steps: mean(&|_, c| c.steps as f64),
-        pass: mean(&|i, c| f64::from(u8::from(c.passed[i]))),
-        psnr: mean(&|i, c| c.psnr[i].min(60.0)),
+/// The columns generated so far, one per distinct schedule (the reference first), so rules
+/// that share a schedule share its images.
+struct Columns<'a> {
+    run: Generator<'a>,
+    reference: Tensor,
+    list: Vec<(Vec<u64>, Column)>,
+}
+
+impl<'a> Columns<'a> {
+    fn new(run: Generator<'a>, reference: &Sigmas) -> Result<Self> {
+        let images = run.images(reference)?;
+        let mut columns = Columns { run, reference: images.clone(), list: Vec::new() };
+        columns.insert(reference, &images)?;
+        Ok(columns)
+    }
+
+    fn key(sigmas: &Sigmas) -> Vec<u64> {
+        sigmas.as_slice().iter().map(|s| s.to_bits()).collect()
+    }
+
+    fn insert(&mut self, sigmas: &Sigmas, images: &Tensor) -> Result<usize> {
+        let column = Column {
+            steps: sigmas.steps(),
+            passed: self.run.passed(images)?,
+            psnr: psnr(images, &self.reference)?,
+        };
+        self.list.push((Self::key(sigmas), column));
+        Ok(self.list.len() - 1)
+    }
+
+    /// The column of `sigmas`, generated on first use.
+    fn get(&mut self, sigmas: &Sigmas) -> Result<usize> {
+        let key = Self::key(sigmas);
+        if let Some(i) = self.list.iter().position(|(k, _)| *k == key) {
+            return Ok(i);
+        }
+        let images = self.run.images(sigmas)?;
+        self.insert(sigmas, &images)
+    }
+
+    fn steps(&self, column: usize) -> usize {
+        self.list[column].1.steps
+    }
+
+    /// Looks up each prompt's result at its chosen column.
+    fn row(&self, name: &str, choice: &[usize]) -> Row {
+        let n = choice.len() as f64;
+        let mean = |f: &dyn Fn(usize, &Column) -> f64| {
+            choice.iter().enumerate().map(|(i, &c)| f(i, &self.list[c].1)).sum::<f64>() / n
+        };
+        Row {
+            name: name.into(),
+            mean_steps: mean(&|_, c| c.steps as f64),
+            pass: mean(&|i, c| f64::from(u8::from(c.passed[i]))),
+            psnr: mean(&|i, c| c.psnr[i].min(60.0)),
+        }
     }
 }
 
@@ -142,55 +191,81 @@ pub fn run(args: Args) -> Result<()> {
     let sigmas = |scheduler: &str, steps: usize| {
         crate::schedules::option_sigmas(&model_dir, &schedule, &side.sampler, scheduler, steps)
     };
-    let reference = run.images(&Scheduler::Uniform.sigmas(&schedule, args.reference_steps)?)?;
-    let column = |steps: usize, sigmas: &Sigmas| -> Result<Column> {
-        let images = run.images(sigmas)?;
-        Ok(Column { steps, passed: run.passed(&images)?, psnr: psnr(&images, &reference)? })
-    };
-    let mut columns: Vec<Column> =
-        options.iter().map(|&n| column(n, &sigmas(&side.scheduler, n)?)).collect::<Result<_>>()?;
+    let mut columns = Columns::new(run, &Scheduler::Uniform.sigmas(&schedule, args.reference_steps)?)?;
+    let fixed: Vec<usize> =
+        options.iter().map(|&n| columns.get(&sigmas(&side.scheduler, n)?)).collect::<Result<_>>()?;
+    let chosen: Vec<usize> = chosen.iter().map(|&o| fixed[o]).collect();
+    let all = |column: usize| vec![column; prompts.len()];
     let mut rows: Vec<Row> = Vec::new();
-    let policy_row = row("(a) policy", &columns, &chosen);
+    let policy_row = columns.row("(a) policy", &chosen);
     for (o, &n) in options.iter().enumerate() {
-        rows.push(row(&format!("(b) fixed {n}"), &columns, &vec![o; prompts.len()]));
+        rows.push(columns.row(&format!("(b) fixed {n}"), &all(fixed[o])));
     }
     let matched = policy_row.mean_steps.round().max(1.0) as usize;
-    let matched_column = match options.iter().position(|&n| n == matched) {
-        Some(o) => o,
-        None => {
-            columns.push(column(matched, &sigmas(&side.scheduler, matched)?)?);
-            columns.len() - 1
-        }
+    let matched_column = columns.get(&sigmas(&side.scheduler, matched)?)?;
+    let matched_row = columns.row(&format!("(c) fixed {matched} (policy's mean)"), &all(matched_column));
+    rows.push(columns.row("(d) word count, same steps", &by_word_count(&prompts, &columns, &chosen)));
+    // One shuffle is noisy at a few hundred prompts; the mean of many is the random rule's value.
+    let draws: Vec<Row> =
+        (0..RANDOM_DRAWS).map(|d| columns.row("", &shuffled(&chosen, args.seed.wrapping_add(d)))).collect();
+    let random_row = Row {
+        name: format!("(e) random, same steps ({RANDOM_DRAWS} draws)"),
+        mean_steps: policy_row.mean_steps,
+        pass: draws.iter().map(|r| r.pass).sum::<f64>() / RANDOM_DRAWS as f64,
+        psnr: draws.iter().map(|r| r.psnr).sum::<f64>() / RANDOM_DRAWS as f64,
     };
-    rows.push(row(
-        &format!("(c) fixed {matched} (policy's mean)"),
-        &columns,
-        &vec![matched_column; prompts.len()],
-    ));
-    rows.push(row("(d) word count, same steps", &columns, &by_word_count(&prompts, &chosen)));
-    rows.push(row("(e) random, same steps", &columns, &shuffled(&chosen, args.seed)));
     let richness: Vec<usize> = prompts.iter().map(|p| p.request.richness()).collect();
-    let mut series = vec![choice_by_richness("policy", &richness, &chosen, &options)];
+    let mut by_richness = vec![choice_by_richness("policy", &richness, &columns, &chosen)];
+    let mut distilled_row = None;
     if let Some(distilled) = &distilled {
-        let picks = distilled.net.choose(&features, &mask)?;
         let d_options = &distilled.sidecar.config.options;
-        let mut d_columns = Vec::new();
-        for &n in d_options {
-            d_columns.push(column(n, &sigmas(&distilled.sidecar.scheduler, n)?)?);
+        let mut picks = Vec::new();
+        // Only the options it picks are generated (those without a distilled schedule are
+        // the uniform columns above).
+        for pick in distilled.net.choose(&features, &mask)? {
+            picks.push(columns.get(&sigmas(&distilled.sidecar.scheduler, d_options[pick])?)?);
         }
-        rows.push(row("(f) policy, distilled schedules", &d_columns, &picks));
-        series.push(choice_by_richness("policy over distilled schedules", &richness, &picks, d_options));
+        by_richness.push(choice_by_richness("policy over distilled schedules", &richness, &columns, &picks));
+        distilled_row = Some(columns.row("(f) policy, distilled schedules", &picks));
     }
+    let reference_row = columns.row(&format!("fixed {} (reference)", args.reference_steps), &all(0));
     rows.insert(0, policy_row);
+    rows.push(matched_row);
+    rows.push(random_row);
+    rows.extend(distilled_row);
+    rows.sort_by_key(|r| r.name.chars().take(3).collect::<String>());
     print_rows(&rows, args.reference_steps);
+    print_targets(&rows, &reference_row);
+    if distilled.is_none() {
+        println!("(f) skipped: no policy over distilled schedules in {}", distilled_dir.display());
+    }
     chart(
         &args.plot,
         "tiny-shapes: steps the policy chooses",
         ("requested attributes", Scale::Linear),
         ("mean steps chosen", Scale::Linear),
-        &series,
+        &by_richness,
     )?;
-    println!("plot: {}", args.plot.display());
+    let tradeoff_plot = args.plot.with_file_name(format!(
+        "{}_tradeoff.svg",
+        args.plot.file_stem().map_or("eval_policy".into(), |s| s.to_string_lossy())
+    ));
+    let fixed_curve = Series {
+        name: format!("fixed steps ({})", side.scheduler),
+        points: rows.iter().filter(|r| r.name.starts_with("(b)")).map(|r| (r.mean_steps, r.pass)).collect(),
+    };
+    let mut tradeoff = vec![fixed_curve];
+    for r in rows.iter().filter(|r| !r.name.starts_with("(b)") && !r.name.starts_with("(c)")) {
+        tradeoff.push(Series { name: r.name.clone(), points: vec![(r.mean_steps, r.pass)] });
+    }
+    chart(
+        &tradeoff_plot,
+        "tiny-shapes: ShapesEval pass rate against mean steps",
+        ("mean steps", Scale::Log),
+        ("pass rate", Scale::Linear),
+        &tradeoff,
+    )?;
+    println!("plots: {}, {}", args.plot.display(), tradeoff_plot.display());
     if args.write {
         let mut sidecar = policy.sidecar.clone();
         sidecar.heldout = Some(serde_json::json!({
@@ -243,10 +318,12 @@ impl Generator<'_> {
     }
 }
 
-/// The policy's step choices handed out by word count: the wordiest prompt gets the largest.
-fn by_word_count(prompts: &[Prompt], chosen: &[usize]) -> Vec<usize> {
+/// The policy's step choices handed out by word count: the wordiest prompt gets the most
+/// steps. It spends the policy's own step budget (its histogram on these prompts), so it is a
+/// comparison at equal cost, not a rule that could be deployed alone.
+fn by_word_count(prompts: &[Prompt], columns: &Columns, chosen: &[usize]) -> Vec<usize> {
     let mut sorted = chosen.to_vec();
-    sorted.sort_unstable();
+    sorted.sort_by_key(|&c| columns.steps(c));
     let mut order: Vec<usize> = (0..prompts.len()).collect();
     order.sort_by_key(|&i| (prompts[i].text.split_whitespace().count(), i));
     let mut out = vec![0; prompts.len()];
@@ -268,7 +345,7 @@ fn shuffled(chosen: &[usize], seed: u64) -> Vec<usize> {
 }
 
 /// Mean steps chosen per prompt richness.
-fn choice_by_richness(name: &str, richness: &[usize], chosen: &[usize], options: &[usize]) -> Series {
+fn choice_by_richness(name: &str, richness: &[usize], columns: &Columns, chosen: &[usize]) -> Series {
     let max = richness.iter().copied().max().unwrap_or(0);
     let points = (0..=max)
         .filter_map(|r| {
@@ -276,12 +353,47 @@ fn choice_by_richness(name: &str, richness: &[usize], chosen: &[usize], options:
                 .iter()
                 .zip(chosen)
                 .filter(|(&q, _)| q == r)
-                .map(|(_, &c)| options[c] as f64)
+                .map(|(_, &c)| columns.steps(c) as f64)
                 .collect();
             (!steps.is_empty()).then(|| (r as f64, steps.iter().sum::<f64>() / steps.len() as f64))
         })
         .collect();
     Series { name: name.into(), points }
+}
+
+/// The issue's targets, each met or not, against the reference count's pass rate.
+fn print_targets(rows: &[Row], reference: &Row) {
+    let find = |prefix: &str| rows.iter().find(|r| r.name.starts_with(prefix));
+    let verdict = |met: bool| if met { "met" } else { "NOT met" };
+    let (steps, pass) = (reference.mean_steps, reference.pass);
+    let share = |p: f64| if pass > 0.0 { format!("{:.1}%", 100.0 * p / pass) } else { "n/a".into() };
+    println!("\ntargets, against {} ({} steps, pass rate {pass:.3}):", reference.name, steps);
+    if let Some(a) = find("(a)") {
+        let fewer = 1.0 - a.mean_steps / steps;
+        println!(
+            "  policy: at least 40% fewer steps at >= 99% of the pass rate: {:.0}% fewer, {} of the pass rate: {}",
+            100.0 * fewer,
+            share(a.pass),
+            verdict(fewer >= 0.4 && a.pass >= 0.99 * pass)
+        );
+        if let Some(c) = find("(c)") {
+            println!(
+                "  policy beats the fixed count at its mean steps: {:.3} against {:.3}: {}",
+                a.pass,
+                c.pass,
+                verdict(a.pass > c.pass)
+            );
+        }
+    }
+    if let Some(f) = find("(f)") {
+        println!(
+            "  policy over distilled schedules: at least 5x fewer steps at >= 99% of the pass rate: {:.1}x \
+             fewer, {} of the pass rate: {}",
+            steps / f.mean_steps,
+            share(f.pass),
+            verdict(steps / f.mean_steps >= 5.0 && f.pass >= 0.99 * pass)
+        );
+    }
 }
 
 fn print_rows(rows: &[Row], reference: usize) {

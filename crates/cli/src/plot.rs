@@ -107,7 +107,8 @@ pub fn chart(
     for x in ticks {
         let xp = px(x);
         writeln!(svg, r##"<line x1="{xp}" x2="{xp}" y1="{top}" y2="{}" stroke="#eee"/>"##, h - bottom)?;
-        writeln!(svg, r#"<text x="{xp}" y="{}" text-anchor="middle">{x}</text>"#, h - bottom + 16.0)?;
+        let label = if x.fract() == 0.0 { format!("{x}") } else { format!("{x:.1}") };
+        writeln!(svg, r#"<text x="{xp}" y="{}" text-anchor="middle">{label}</text>"#, h - bottom + 16.0)?;
     }
     writeln!(
         svg,
@@ -123,17 +124,18 @@ pub fn chart(
     )?;
     for (i, s) in series.iter().enumerate() {
         let colour = PALETTE[i % PALETTE.len()];
-        let path: Vec<String> = s
-            .points
-            .iter()
-            .filter(|(x, y)| finite(*x, *y))
-            .map(|(x, y)| format!("{:.1},{:.1}", px(*x), py(*y)))
-            .collect();
+        let shown: Vec<(f64, f64)> =
+            s.points.iter().filter(|(x, y)| finite(*x, *y)).map(|(x, y)| (px(*x), py(*y))).collect();
+        let path: Vec<String> = shown.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
         writeln!(
             svg,
             r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
             path.join(" ")
         )?;
+        // Markers, so a series of one point (a single rule's result) shows too.
+        for (x, y) in shown {
+            writeln!(svg, r#"<circle cx="{x:.1}" cy="{y:.1}" r="3.5" fill="{colour}"/>"#)?;
+        }
         let ly = top + 16.0 * i as f64 + 8.0;
         writeln!(
             svg,

@@ -65,13 +65,18 @@ pub fn load(path: &Path, target: &Target, steps: Option<usize>, force: bool) -> 
     }
 }
 
-/// The model's shipped distilled schedule for exactly `steps` steps of `solver`, if it has one.
+/// The model's shipped distilled schedule for exactly `steps` steps of `solver`, if it has
+/// one; a file distilled for other weights or another solver is an error.
 pub fn shipped_exact(model_dir: &Path, solver: &str, steps: usize) -> Result<Option<Sigmas>> {
     let path = model_dir.join(SHIPPED_DIR).join(format!("{solver}-{steps}.json"));
     if !path.exists() {
         return Ok(None);
     }
-    Ok(Some(ScheduleFile::read(&path)?.sigmas()?))
+    let file = ScheduleFile::read(&path)?;
+    let hash = model_hash(model_dir)?;
+    let intended = Intended { model_id: "tiny-shapes", model_hash: &hash, solver };
+    file.check(&path.display().to_string(), &intended, false)?;
+    Ok(Some(file.sigmas()?))
 }
 
 /// The sigmas of a step policy's option of `steps` steps, as `train-policy` made its reward

@@ -145,6 +145,24 @@ fn bad_options_are_clear_errors() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && stderr.contains(expected), "{args:?}: {stderr}");
     }
+    // A distilled schedule made for other weights (here the bundled model's) is refused.
+    let copy = root.join("model-with-stale-schedule");
+    std::fs::create_dir_all(copy.join("schedules")).unwrap();
+    for file in ["config.json", "tokenizer.json", "model.safetensors"] {
+        std::fs::copy(model().join(file), copy.join(file)).unwrap();
+    }
+    let bundled =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/tiny-shapes/schedules/dpmpp_2m-5.json");
+    std::fs::copy(bundled, copy.join("schedules/dpmpp_2m-3.json")).unwrap();
+    let out = stride()
+        .args(["train-policy", "--quiet", "--model"])
+        .arg(&copy)
+        .args(["--prompt-count", "1", "--options", "2,3", "--scheduler", "distilled", "--out"])
+        .arg(root.join("stale"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("was distilled for model"), "{stderr}");
 }
 
 /// `stride eval policy`: the rules built from the policy's own step counts spend exactly its
@@ -184,6 +202,9 @@ fn eval_policy_compares_rules_at_the_policys_budget() {
         assert!((0.0..=1.0).contains(&row(prefix)[1]), "{prefix}: {text}");
     }
     assert!(std::fs::read_to_string(root.join("plot.svg")).unwrap().contains("<polyline"));
+    let tradeoff = std::fs::read_to_string(root.join("plot_tradeoff.svg")).unwrap();
+    assert!(tradeoff.contains("(a) policy") && tradeoff.contains("<circle"), "{tradeoff}");
+    assert!(text.contains("targets, against fixed 4 (reference)"), "{text}");
     let sidecar = std::fs::read_to_string(policy.join("policy.json")).unwrap();
     assert!(sidecar.contains("\"heldout\"") && sidecar.contains("(e) random, same steps"), "{sidecar}");
 }
