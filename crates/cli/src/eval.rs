@@ -77,7 +77,8 @@ pub struct Loaded {
     pub dir: PathBuf,
     pub model: TinyShapes,
     pub prompts: Vec<Prompt>,
-    pub prompts_path: PathBuf,
+    /// Where the prompts came from, for messages.
+    pub source: String,
 }
 
 impl Heldout {
@@ -86,27 +87,28 @@ impl Heldout {
         let dir = TinyShapes::dir_of(&self.model);
         let model = TinyShapes::load(&dir, device)
             .with_context(|| format!("loading the model from {}", dir.display()))?;
-        let prompts_path = self.prompts.clone().unwrap_or_else(|| dir.join(HELDOUT_FILE));
-        let mut prompts = if self.prompts.is_none() && !prompts_path.exists() {
+        let path = self.prompts.clone().unwrap_or_else(|| dir.join(HELDOUT_FILE));
+        let (mut prompts, source) = if self.prompts.is_none() && !path.exists() {
             // A run folder's export has no prompts file: the bundled one is this same list.
             eprintln!(
                 "note: {} has no {HELDOUT_FILE}: using the shapes world's {HELDOUT_COUNT} held-out prompts",
                 dir.display()
             );
-            World::new(0).heldout_prompts(HELDOUT_COUNT)
+            (World::new(0).heldout_prompts(HELDOUT_COUNT), "the shapes world's held-out list".to_string())
         } else {
-            stride_shapes::read_prompts(&prompts_path)
-                .with_context(|| format!("reading prompts from {}", prompts_path.display()))?
+            let prompts = stride_shapes::read_prompts(&path)
+                .with_context(|| format!("reading prompts from {}", path.display()))?;
+            (prompts, path.display().to_string())
         };
         prompts.truncate(limit);
-        anyhow::ensure!(!prompts.is_empty(), "no prompts in {}", prompts_path.display());
+        anyhow::ensure!(!prompts.is_empty(), "no prompts in {source}");
         // A prompt the model cannot read (too many words) fails here, not after hours of work.
         for (i, prompt) in prompts.iter().enumerate() {
-            model.tokenize(&[prompt.text.as_str()]).with_context(|| {
-                format!("{}: prompt {} (\"{}\")", prompts_path.display(), i + 1, prompt.text)
-            })?;
+            model
+                .tokenize(&[prompt.text.as_str()])
+                .with_context(|| format!("{source}: prompt {} (\"{}\")", i + 1, prompt.text))?;
         }
-        Ok(Loaded { dir, model, prompts, prompts_path })
+        Ok(Loaded { dir, model, prompts, source })
     }
 }
 
@@ -139,14 +141,14 @@ pub fn run(args: Args) -> Result<()> {
     anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
     anyhow::ensure!(args.steps.iter().all(|s| *s > 0), "--steps must be at least 1");
     let device = args.device.open()?;
-    let Loaded { model, prompts, prompts_path, .. } =
+    let Loaded { model, prompts, source, .. } =
         args.heldout.load(args.limit.unwrap_or(usize::MAX), &device)?;
     let sampler: Sampler = args.sampler.parse()?;
     let scheduler: Scheduler = args.scheduler.parse()?;
     println!(
         "ShapesEval on {} held-out prompts ({}), {} + {}, cfg {}, one seed each",
         prompts.len(),
-        prompts_path.display(),
+        source,
         args.sampler,
         args.scheduler,
         args.cfg_scale

@@ -138,7 +138,7 @@ impl<'a> Columns<'a> {
 pub fn run(args: Args) -> Result<()> {
     anyhow::ensure!(args.limit > 0 && args.batch_size > 0, "--limit and --batch-size must be at least 1");
     let device = args.device.open()?;
-    let Loaded { dir: model_dir, model, prompts, prompts_path } = args.heldout.load(args.limit, &device)?;
+    let Loaded { dir: model_dir, model, prompts, source } = args.heldout.load(args.limit, &device)?;
     let hash = crate::schedules::model_hash(&model_dir)?;
     let policy_dir = args.policy.clone().unwrap_or_else(|| model_dir.join(stride_policy::MODEL_POLICY_DIR));
     let policy = Policy::load(&policy_dir, &device)?;
@@ -174,7 +174,7 @@ pub fn run(args: Args) -> Result<()> {
         "step policy {} on {} held-out prompts ({}), {} + {}, cfg {}, one seed each",
         policy_dir.display(),
         prompts.len(),
-        prompts_path.display(),
+        source,
         side.sampler,
         side.scheduler,
         side.cfg_scale
@@ -364,8 +364,13 @@ fn choice_by_richness(name: &str, richness: &[usize], columns: &Columns, chosen:
 /// The targets, each met or not, against the reference count's pass rate.
 fn print_targets(rows: &[Row], reference: &Row) {
     let find = |prefix: &str| rows.iter().find(|r| r.name.starts_with(prefix));
-    let verdict = |met: bool| if met { "met" } else { "NOT met" };
     let (steps, pass) = (reference.mean_steps, reference.pass);
+    // A share of a zero pass rate says nothing: those targets cannot be judged.
+    let verdict = |met: bool| match (pass > 0.0, met) {
+        (false, _) => "cannot tell (the reference passes no prompt)",
+        (true, true) => "met",
+        (true, false) => "NOT met",
+    };
     let share = |p: f64| if pass > 0.0 { format!("{:.1}%", 100.0 * p / pass) } else { "n/a".into() };
     println!("\ntargets, against {} ({} steps, pass rate {pass:.3}):", reference.name, steps);
     if let Some(a) = find("(a)") {
@@ -381,7 +386,7 @@ fn print_targets(rows: &[Row], reference: &Row) {
                 "  policy beats the fixed count at its mean steps: {:.3} against {:.3}: {}",
                 a.pass,
                 c.pass,
-                verdict(a.pass > c.pass)
+                if a.pass > c.pass { "met" } else { "NOT met" }
             );
         }
     }
