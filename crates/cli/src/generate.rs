@@ -85,7 +85,7 @@ pub struct Args {
     #[arg(long)]
     atol: Option<f64>,
     /// Model-evaluation cap of the adaptive samplers.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = DEFAULT_MAX_NFE)]
     max_nfe: usize,
     /// Classifier-free guidance (at most 1: none, as diffusers). Default: 3 for tiny-shapes (with --steps auto, the
     /// step policy's), 7.5 for SD 1.5 / 2.1, 5 for SDXL, 1 for the Turbo models.
@@ -118,7 +118,7 @@ pub struct Args {
     /// image was made elsewhere.
     #[arg(long, conflicts_with_all = [
         "prompt", "prompts_file", "negative_prompt", "seed", "steps", "sampler", "scheduler", "sigmas",
-        "schedule", "cfg_scale", "eta", "rtol", "atol", "width", "height", "num_samples", "policy",
+        "schedule", "cfg_scale", "eta", "rtol", "atol", "max_nfe", "width", "height", "num_samples", "policy",
     ])]
     from: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
@@ -134,6 +134,9 @@ pub struct Args {
     #[arg(long)]
     quiet: bool,
 }
+
+/// `--max-nfe`'s default.
+const DEFAULT_MAX_NFE: usize = 1000;
 
 impl Args {
     fn model(&self) -> &str {
@@ -212,7 +215,7 @@ pub fn run(args: Args) -> Result<()> {
             Ok(())
         };
         let preview = (args.preview_every > 0).then_some((args.preview_every, &mut preview as &mut Preview));
-        let images = sample(&model, batch, args.max_nfe, &device, &bars, preview)?;
+        let images = sample(&model, batch, &device, &bars, preview)?;
         for (job, image) in batch.iter().zip(images) {
             let path = &paths[job.index];
             write_png(path, &image, &job.params)?;
@@ -443,14 +446,14 @@ fn line_params(args: &Args, choice: &Choice, line: &Line, seed: u64) -> Result<P
         ),
         _ => None,
     };
-    let (rtol, atol) = if adaptive {
-        (args.rtol, args.atol)
+    let (rtol, atol, max_nfe) = if adaptive {
+        (args.rtol, args.atol, Some(args.max_nfe))
     } else {
         anyhow::ensure!(
             !beside_sampler(false, args.rtol.is_some() || args.atol.is_some()),
             "--rtol and --atol are for the adaptive samplers (adaptive_sde, dpm_adaptive); {sampler} takes --steps"
         );
-        (None, None)
+        (None, None, None)
     };
     Ok(Params {
         prompt: line.prompt.clone(),
@@ -462,6 +465,7 @@ fn line_params(args: &Args, choice: &Choice, line: &Line, seed: u64) -> Result<P
         eta,
         rtol,
         atol,
+        max_nfe,
         cfg_scale,
         seed: line.seed.unwrap_or(seed),
         width,
@@ -660,7 +664,6 @@ fn preview_path(path: &Path, step: usize) -> PathBuf {
 fn sample(
     model: &Model,
     batch: &[Job],
-    max_nfe: usize,
     device: &Device,
     bars: &MultiProgress,
     mut preview: Option<(usize, &mut Preview)>,
@@ -691,7 +694,8 @@ fn sample(
     let mut noise = TorchNoise::new(&seeds);
     if let Ok(mut adaptive) = p.sampler.parse::<AdaptiveSampler>() {
         adaptive.set_tolerances(p.rtol, p.atol);
-        adaptive.set_max_nfe(max_nfe);
+        // Images from before --max-nfe was recorded ran at its default.
+        adaptive.set_max_nfe(p.max_nfe.unwrap_or(DEFAULT_MAX_NFE));
         if let Some(eta) = p.eta {
             adaptive.set_eta(eta)?;
         }

@@ -24,6 +24,8 @@ pub struct Params {
     /// Tolerances of the adaptive samplers.
     pub rtol: Option<f64>,
     pub atol: Option<f64>,
+    /// Model-evaluation cap of the adaptive samplers.
+    pub max_nfe: Option<usize>,
     pub cfg_scale: f64,
     pub seed: u64,
     pub width: usize,
@@ -58,6 +60,9 @@ impl Params {
         }
         if let Some(atol) = self.atol {
             fields.push(("ATol", atol.to_string()));
+        }
+        if let Some(max_nfe) = self.max_nfe {
+            fields.push(("Max NFE", max_nfe.to_string()));
         }
         if let Some(sigmas) = &self.sigmas {
             fields.push(("Sigmas", sigmas.clone()));
@@ -115,6 +120,7 @@ impl Params {
             eta: get("Eta").map(|e| e.parse()).transpose().context("Eta")?,
             rtol: get("RTol").map(|e| e.parse()).transpose().context("RTol")?,
             atol: get("ATol").map(|e| e.parse()).transpose().context("ATol")?,
+            max_nfe: get("Max NFE").map(|e| e.parse()).transpose().context("Max NFE")?,
             cfg_scale: need("CFG scale")?.parse().context("CFG scale")?,
             seed: need("Seed")?.parse().context("Seed")?,
             width,
@@ -237,6 +243,7 @@ mod tests {
             eta: Some(0.5),
             rtol: Some(0.01),
             atol: None,
+            max_nfe: Some(200),
             cfg_scale: 3.5,
             seed: 42,
             width: 32,
@@ -254,6 +261,7 @@ mod tests {
             sigmas: None,
             eta: None,
             rtol: None,
+            max_nfe: None,
             step_policy: None,
             weights: None,
             dtype: None,

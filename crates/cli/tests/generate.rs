@@ -225,6 +225,15 @@ fn adaptive_samplers_report_their_steps_and_respect_the_cap() {
             capped.status.success() && err.contains("warning") && err.contains("sample 0"),
             "{sampler}: {err}"
         );
+        // The cap is part of what made the image: recorded, and --from honours it.
+        let info = stride().arg("info").arg(dir.join("b.png")).output().unwrap();
+        assert!(String::from_utf8_lossy(&info.stdout).contains("Max NFE: 4"));
+        let again = stride()
+            .current_dir(&dir)
+            .args(["generate", "--quiet", "--from", "b.png", "-o", "c.png"])
+            .output();
+        assert!(again.unwrap().status.success());
+        assert_eq!(pixels(&dir.join("c.png")).2, pixels(&dir.join("b.png")).2, "{sampler}");
     }
     // dpm_adaptive's eta is its ancestral noise: it changes the image (it used to be ignored).
     let run = |eta: &str, name: &str| {
