@@ -219,12 +219,16 @@ pub fn run(args: Args) -> Result<()> {
     let mut distilled_row = None;
     if let Some(distilled) = &distilled {
         let d_options = &distilled.sidecar.config.options;
-        let mut picks = Vec::new();
+        let picks = distilled.net.choose(&features, &mask)?;
         // Only the options it picks are generated (those without a distilled schedule are
         // the uniform columns above).
-        for pick in distilled.net.choose(&features, &mask)? {
-            picks.push(columns.get(&sigmas(&distilled.sidecar.scheduler, d_options[pick])?)?);
+        let mut column_of = vec![None; d_options.len()];
+        for &pick in &picks {
+            if column_of[pick].is_none() {
+                column_of[pick] = Some(columns.get(&sigmas(&distilled.sidecar.scheduler, d_options[pick])?)?);
+            }
         }
+        let picks: Vec<usize> = picks.iter().filter_map(|&pick| column_of[pick]).collect();
         by_richness.push(choice_by_richness("policy over distilled schedules", &richness, &columns, &picks));
         distilled_row = Some(columns.row("(f) policy, distilled schedules", &picks));
     }
