@@ -13,7 +13,8 @@ use crate::device::DeviceArg;
 #[command(after_help = "Examples:
   stride train-base --out runs/tiny-shapes                 # the default recipe (README: the bundled model)
   stride train-base --out runs/tiny-shapes --resume        # continue a killed run exactly
-  stride train-base --out runs/smoke --steps 20 --batch-size 8")]
+  stride train-base --out runs/smoke --steps 20 --batch-size 8
+  stride train-base --out runs/tiny-shapes --stop-at 15264 --export models/tiny-shapes   # the shipped weights")]
 pub struct Args {
     /// Run folder: checkpoint.safetensors/.json and, at the end, the exported model.
     #[arg(long, default_value = "runs/tiny-shapes")]
@@ -29,6 +30,10 @@ pub struct Args {
     /// learning rate follows the new total, so only an unchanged total resumes bit for bit.
     #[arg(long)]
     steps: Option<u64>,
+    /// Stop after this step and write the checkpoint, leaving the rest of the run's schedule
+    /// (--steps) to a later --resume: a chunk of the run, the same as killing it there.
+    #[arg(long)]
+    stop_at: Option<u64>,
     /// Scenes per step (default 32).
     #[arg(long)]
     batch_size: Option<usize>,
@@ -87,6 +92,7 @@ pub fn run(args: Args) -> Result<()> {
         Trainer::new(config, &device)?
     };
     let total = trainer.config.steps;
+    let stop = args.stop_at.map_or(total, |s| s.min(total));
     eprintln!(
         "training tiny-shapes: {:.2}M parameters, step {} of {total}, batch {}, run folder {}",
         trainer.parameter_count() as f64 / 1e6,
@@ -105,7 +111,7 @@ pub fn run(args: Args) -> Result<()> {
     let every = Duration::from_secs_f64(args.checkpoint_minutes * 60.0);
     let mut last_save = Instant::now();
     let mut smoothed = None;
-    while trainer.step < total {
+    while trainer.step < stop {
         let loss = trainer.train_step()?;
         // Stop before a diverged run's weights overwrite the last good checkpoint.
         anyhow::ensure!(
@@ -118,7 +124,7 @@ pub fn run(args: Args) -> Result<()> {
         smoothed = Some(s);
         bar.set_position(trainer.step);
         bar.set_message(format!("loss {s:.4}"));
-        if last_save.elapsed() >= every || trainer.step == total {
+        if last_save.elapsed() >= every || trainer.step == stop {
             trainer.save_checkpoint(&args.out)?;
             last_save = Instant::now();
             if bar.is_hidden() && !args.quiet {

@@ -1,5 +1,6 @@
-//! `stride train-base` end to end: a run killed mid-way and resumed ends bit-identical to an
-//! uninterrupted one (tiny random configuration, through the built binary).
+//! `stride train-base` end to end: a run killed mid-way, or stopped with `--stop-at`, and
+//! resumed ends bit-identical to an uninterrupted one (tiny random configuration, through the
+//! built binary).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -37,7 +38,7 @@ fn checkpoint_step(dir: &Path) -> Option<u64> {
 }
 
 #[test]
-fn killed_run_resumes_bit_identically() {
+fn killed_or_stopped_run_resumes_bit_identically() {
     let root = temp_dir("resume");
     let config = write_config(&root);
     let (straight, killed) = (root.join("straight"), root.join("killed"));
@@ -68,6 +69,16 @@ fn killed_run_resumes_bit_identically() {
     let a = std::fs::read(straight.join("checkpoint.safetensors")).unwrap();
     let b = std::fs::read(killed.join("checkpoint.safetensors")).unwrap();
     assert!(a == b, "resumed run (killed at step {stopped_at}) differs from the uninterrupted one");
+
+    // A chunk ended by --stop-at: the schedule still follows the full --steps.
+    let chunked = root.join("chunked");
+    let status = train(&chunked).arg("--config").arg(&config).args(["--stop-at", "40"]).status().unwrap();
+    assert!(status.success());
+    assert_eq!(checkpoint_step(&chunked), Some(40));
+    let status = train(&chunked).arg("--resume").status().unwrap();
+    assert!(status.success());
+    let c = std::fs::read(chunked.join("checkpoint.safetensors")).unwrap();
+    assert!(a == c, "a run stopped at step 40 and resumed differs from the uninterrupted one");
 }
 
 #[test]
