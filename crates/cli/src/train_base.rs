@@ -69,6 +69,7 @@ pub fn run(args: Args) -> Result<()> {
         "{} already holds a training run: continue it with --resume, or choose another --out",
         args.out.display()
     );
+    anyhow::ensure!(args.stop_at != Some(0), "--stop-at must be a step of at least 1");
     let device = args.device.open()?;
     let mut trainer = if args.resume {
         Trainer::resume(&args.out, args.steps, &device)
@@ -93,6 +94,12 @@ pub fn run(args: Args) -> Result<()> {
     };
     let total = trainer.config.steps;
     let stop = args.stop_at.map_or(total, |s| s.min(total));
+    anyhow::ensure!(
+        stop >= trainer.step,
+        "--stop-at {stop}: the run in {} is already at step {}",
+        args.out.display(),
+        trainer.step
+    );
     eprintln!(
         "training tiny-shapes: {:.2}M parameters, step {} of {total}, batch {}, run folder {}",
         trainer.parameter_count() as f64 / 1e6,

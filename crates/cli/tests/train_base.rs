@@ -79,6 +79,9 @@ fn killed_or_stopped_run_resumes_bit_identically() {
     assert!(status.success());
     let c = std::fs::read(chunked.join("checkpoint.safetensors")).unwrap();
     assert!(a == c, "a run stopped at step 40 and resumed differs from the uninterrupted one");
+    let behind = train(&chunked).args(["--resume", "--stop-at", "10"]).output().unwrap();
+    let err = String::from_utf8_lossy(&behind.stderr);
+    assert!(!behind.status.success() && err.contains("already at step"), "{err}");
 }
 
 #[test]
@@ -112,6 +115,7 @@ fn bad_training_input_is_a_clear_error() {
     for (args, expected) in [
         (vec!["--out", taken.to_str().unwrap()], "already holds a training run"),
         (vec!["--out", root.join("new").to_str().unwrap(), "--checkpoint-minutes=-1"], ">= 0"),
+        (vec!["--out", root.join("new").to_str().unwrap(), "--stop-at", "0"], "at least 1"),
     ] {
         let out = stride().args(["train-base", "--quiet"]).args(&args).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
