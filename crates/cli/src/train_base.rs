@@ -14,6 +14,7 @@ use crate::device::DeviceArg;
   stride train-base --out runs/tiny-shapes                 # the default recipe (README: the bundled model)
   stride train-base --out runs/tiny-shapes --resume        # continue a killed run exactly
   stride train-base --out runs/smoke --steps 20 --batch-size 8
+  stride train-base --out runs/ft --config ft.json --init models/tiny-shapes   # fine-tune the bundled weights
   stride train-base --out runs/tiny-shapes --stop-at 15264 --export models/tiny-shapes   # the shipped weights")]
 pub struct Args {
     /// Run folder: checkpoint.safetensors/.json and, at the end, the exported model.
@@ -21,7 +22,7 @@ pub struct Args {
     out: PathBuf,
     /// Continue from the checkpoint in --out with its settings (bit-identical to an
     /// uninterrupted run).
-    #[arg(long, conflicts_with_all = ["config", "batch_size", "lr", "seed"])]
+    #[arg(long, conflicts_with_all = ["config", "batch_size", "lr", "seed", "init"])]
     resume: bool,
     /// Training config JSON (fields of TrainConfig); the flags below override it.
     #[arg(long)]
@@ -43,6 +44,11 @@ pub struct Args {
     /// Seed of the initialisation and of every step's scenes, noise and times (default 0).
     #[arg(long)]
     seed: Option<u64>,
+    /// Start from these weights (a model folder, e.g. models/tiny-shapes) instead of the
+    /// seeded initialisation: a fine-tune. The run's model config (--config, or the default)
+    /// must have the same parameters.
+    #[arg(long)]
+    init: Option<PathBuf>,
     /// Minutes between checkpoints.
     #[arg(long, default_value_t = 5.0)]
     checkpoint_minutes: f64,
@@ -86,6 +92,7 @@ pub fn run(args: Args) -> Result<()> {
         config.batch_size = args.batch_size.unwrap_or(config.batch_size);
         config.lr = args.lr.unwrap_or(config.lr);
         config.seed = args.seed.unwrap_or(config.seed);
+        config.init = args.init.or(config.init);
         anyhow::ensure!(
             config.steps > 0 && config.batch_size > 0,
             "--steps and --batch-size must be at least 1"

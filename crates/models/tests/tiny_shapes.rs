@@ -97,6 +97,40 @@ fn exported_model_loads_and_bad_files_are_clear_errors() {
     assert!(err.contains("divisible"), "{err}");
 }
 
+/// A run with `init` starts from that folder's weights (here: a 3-step run's export, whose
+/// EMA differs from the seeded initialisation), even under another seed and with cross-attention
+/// query positions switched on (they add no parameters); weights of another architecture are
+/// refused by name.
+#[test]
+fn a_fine_tune_starts_from_the_init_folders_weights() {
+    let dir = temp_dir("init");
+    let mut source = Trainer::new(tiny_config(3), &Device::Cpu).unwrap();
+    for _ in 0..3 {
+        source.train_step().unwrap();
+    }
+    source.export(&dir).unwrap();
+    let exported = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+
+    let mut config = tiny_config(5);
+    config.seed = 7;
+    config.model.query_positions = true;
+    config.init = Some(dir.clone());
+    let tuned = Trainer::new(config.clone(), &Device::Cpu).unwrap();
+    let fresh = Trainer::new(TrainConfig { init: None, ..config.clone() }, &Device::Cpu).unwrap();
+    let mut differs_from_seeded = false;
+    for ((name, value), (_, seeded)) in tuned.parameters().iter().zip(fresh.parameters()) {
+        let diff = (value - &exported[name]).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{name} is not the init folder's");
+        let moved = (value - &seeded).unwrap().abs().unwrap().max_all().unwrap();
+        differs_from_seeded |= moved.to_scalar::<f32>().unwrap() > 0.0;
+    }
+    assert!(differs_from_seeded, "the init weights equal the seeded ones: the test proves nothing");
+
+    config.model.levels = vec![8, 8];
+    let err = Trainer::new(config, &Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("model.safetensors") && err.contains("model config"), "{err}");
+}
+
 /// Two fresh runs are identical, and a run checkpointed at step 2 and resumed ends exactly
 /// where an uninterrupted 4-step run does (bit for bit: same weights, moments and EMA).
 #[test]

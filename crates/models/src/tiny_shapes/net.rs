@@ -31,6 +31,14 @@ pub struct Config {
     /// the last one.
     #[serde(default)]
     pub levels: Vec<usize>,
+    /// Add a fixed 2-D sine-cosine code of each image token's place to its cross-attention
+    /// query in every block (as DETR adds positions to its queries). Without it the U-Net's
+    /// queries carried their place only through the learned positions added once at the
+    /// bottom (std 0.3 beside features of std 1.5), and its cross-attention learned to give
+    /// every token the same text summary: position words changed nothing. Files without the
+    /// field: off.
+    #[serde(default)]
+    pub query_positions: bool,
 }
 
 /// The denoiser's body.
@@ -62,6 +70,7 @@ impl Default for Config {
             mlp_ratio: 4,
             arch: Arch::Unet,
             levels: vec![64],
+            query_positions: false,
         }
     }
 }
@@ -76,6 +85,7 @@ impl Config {
                 "image_size must be a multiple of patch",
             ),
             (self.depth > 0 && self.text_layers > 0, "depth and text_layers must be at least 1"),
+            (!self.query_positions || self.dim.is_multiple_of(4), "query_positions needs dim divisible by 4"),
             (self.vocab_size > 3 && self.max_tokens > 1, "vocab_size and max_tokens are too small"),
             (
                 self.arch != Arch::Unet
@@ -300,11 +310,23 @@ impl Block {
         })
     }
 
-    fn forward(&self, x: &Tensor, cond: &Tensor, text: &Tensor, text_bias: &Tensor) -> Result<Tensor> {
+    /// `query_positions` `[1, N, dim]`: added to the cross-attention queries' input.
+    fn forward(
+        &self,
+        x: &Tensor,
+        cond: &Tensor,
+        text: &Tensor,
+        text_bias: &Tensor,
+        query_positions: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let m = self.modulation.forward(cond)?.chunk(6, D::Minus1)?;
         let h = ops::ln_modulate(x, &m[0], &m[1])?;
         let x = ops::gated_residual(x, &self.attn.forward(&h, None, None)?, &m[2])?;
-        let x = (&x + self.cross.forward(&ops::layer_norm(&x)?, Some(text), Some(text_bias))?)?;
+        let mut queries = ops::layer_norm(&x)?;
+        if let Some(p) = query_positions {
+            queries = queries.broadcast_add(p)?;
+        }
+        let x = (&x + self.cross.forward(&queries, Some(text), Some(text_bias))?)?;
         let h = ops::ln_modulate(&x, &m[3], &m[4])?;
         ops::gated_residual(&x, &self.mlp.forward(&h)?, &m[5])
     }
@@ -330,7 +352,7 @@ fn timestep_embedding(t: &Tensor, dim: usize) -> Result<Tensor> {
 struct Dit {
     patch_in: Linear,
     positions: Tensor,
-    blocks: Vec<Block>,
+    blocks: Blocks,
     final_modulation: Linear,
     patch_out: Linear,
 }
@@ -341,7 +363,7 @@ impl Dit {
         Ok(Self {
             patch_in: linear(patch_dim, c.dim, vb.pp("patch_in"))?,
             positions: vb.get_with_hints((1, c.tokens(), c.dim), "positions", IMAGE_POSITION_INIT)?,
-            blocks: blocks(c, &vb)?,
+            blocks: Blocks::new(c, &vb)?,
             final_modulation: zero_linear(c.dim, 2 * c.dim, vb.pp("final_modulation"))?,
             patch_out: zero_linear(c.dim, patch_dim, vb.pp("patch_out"))?,
         })
@@ -356,10 +378,8 @@ impl Dit {
             gh * gw,
             ch * p * p,
         ))?;
-        let mut h = self.patch_in.forward(&patches)?.broadcast_add(&self.positions)?;
-        for block in &self.blocks {
-            h = block.forward(&h, cond, text, bias)?;
-        }
+        let h = self.patch_in.forward(&patches)?.broadcast_add(&self.positions)?;
+        let h = self.blocks.forward(&h, cond, text, bias)?;
         let m = self.final_modulation.forward(cond)?.chunk(2, D::Minus1)?;
         let h = ops::ln_modulate(&h, &m[0], &m[1])?;
         self.patch_out
@@ -434,7 +454,7 @@ struct Unet {
     encoder: Vec<ResBlock>,
     down: Vec<Linear>,
     positions: Tensor,
-    blocks: Vec<Block>,
+    blocks: Blocks,
     up: Vec<Linear>,
     decoder: Vec<ResBlock>,
     out_modulation: Linear,
@@ -462,7 +482,7 @@ impl Unet {
             encoder: per_level("encoder", &|i, vb| ResBlock::new(widths[i], widths[i], c.dim, vb))?,
             down: projections("down", &|i| (4 * widths[i], widths[i + 1]))?,
             positions: vb.get_with_hints((1, c.tokens(), c.dim), "positions", IMAGE_POSITION_INIT)?,
-            blocks: blocks(c, &vb)?,
+            blocks: Blocks::new(c, &vb)?,
             up: projections("up", &|i| (widths[i + 1], 4 * widths[i]))?,
             decoder: per_level("decoder", &|i, vb| ResBlock::new(2 * widths[i], widths[i], c.dim, vb))?,
             out_modulation: zero_linear(c.dim, 2 * widths[0], vb.pp("out_modulation"))?,
@@ -481,10 +501,8 @@ impl Unet {
             h = down.forward(&space_to_depth(&h, 2)?)?;
         }
         let (_, gh, gw, _) = h.dims4()?;
-        let mut tokens = h.reshape((b, gh * gw, c.dim))?.broadcast_add(&self.positions)?;
-        for block in &self.blocks {
-            tokens = block.forward(&tokens, cond, text, bias)?;
-        }
+        let tokens = h.reshape((b, gh * gw, c.dim))?.broadcast_add(&self.positions)?;
+        let tokens = self.blocks.forward(&tokens, cond, text, bias)?;
         let mut h = tokens.reshape((b, gh, gw, c.dim))?;
         for ((up, block), skip) in self.up.iter().zip(&self.decoder).zip(&skips).rev() {
             h = depth_to_space(&up.forward(&h)?, 2)?;
@@ -507,8 +525,51 @@ impl Unet {
 const TEXT_POSITION_INIT: candle_nn::Init = candle_nn::Init::Randn { mean: 0.0, stdev: 1.0 };
 const IMAGE_POSITION_INIT: candle_nn::Init = candle_nn::Init::Randn { mean: 0.0, stdev: 0.3 };
 
-fn blocks(c: &Config, vb: &VarBuilder) -> Result<Vec<Block>> {
-    (0..c.depth).map(|i| Block::new(c, vb.pp(format!("blocks.{i}")))).collect()
+/// The transformer blocks and, with [`Config::query_positions`], the code of each token's
+/// place their cross-attention queries get.
+struct Blocks {
+    blocks: Vec<Block>,
+    query_positions: Option<Tensor>,
+}
+
+impl Blocks {
+    fn new(c: &Config, vb: &VarBuilder) -> Result<Self> {
+        let side = (c.tokens() as f64).sqrt() as usize;
+        Ok(Self {
+            blocks: (0..c.depth)
+                .map(|i| Block::new(c, vb.pp(format!("blocks.{i}"))))
+                .collect::<Result<_>>()?,
+            query_positions: c.query_positions.then(|| sincos_2d(side, c.dim, vb.device())).transpose()?,
+        })
+    }
+
+    fn forward(&self, tokens: &Tensor, cond: &Tensor, text: &Tensor, text_bias: &Tensor) -> Result<Tensor> {
+        let mut h = tokens.clone();
+        for block in &self.blocks {
+            h = block.forward(&h, cond, text, text_bias, self.query_positions.as_ref())?;
+        }
+        Ok(h)
+    }
+}
+
+/// The fixed 2-D sine-cosine code of a `side` x `side` grid of tokens, `[1, side^2, dim]`,
+/// row-major: the first half of the channels codes the row, the second the column, each as
+/// sines and cosines of `dim / 4` frequencies from 1 to 1/10000 radians per token (MAE's
+/// code), scaled by sqrt 2 to unit mean square like the layer-normed features beside it.
+fn sincos_2d(side: usize, dim: usize, device: &candle_core::Device) -> Result<Tensor> {
+    let quarter = dim / 4;
+    let mut code = Vec::with_capacity(side * side * dim);
+    for row in 0..side {
+        for col in 0..side {
+            for pos in [row, col] {
+                let angles = (0..quarter).map(|i| pos as f32 * 10000f32.powf(-(i as f32) / quarter as f32));
+                let angles: Vec<f32> = angles.collect();
+                code.extend(angles.iter().map(|a| a.sin() * std::f32::consts::SQRT_2));
+                code.extend(angles.iter().map(|a| a.cos() * std::f32::consts::SQRT_2));
+            }
+        }
+    }
+    Tensor::from_vec(code, (1, side * side, 4 * quarter), device)
 }
 
 enum Body {
@@ -558,5 +619,32 @@ impl Net {
             Body::Dit(dit) => dit.forward(c, x, &cond, text, &bias),
             Body::Unet(unet) => unet.forward(c, x, &cond, text, &bias),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The query code: unit mean square; tokens of one row share the row half and differ in
+    /// the column half (and the reverse); every token's code is its own.
+    #[test]
+    fn sincos_code_separates_rows_and_columns() -> Result<()> {
+        let (side, dim) = (8, 128);
+        let code = sincos_2d(side, dim, &candle_core::Device::Cpu)?.squeeze(0)?.to_vec2::<f32>()?;
+        let mean_square = code.iter().flatten().map(|v| v * v).sum::<f32>() / (side * side * dim) as f32;
+        assert!((mean_square - 1.0).abs() < 1e-5, "mean square {mean_square}");
+        let dist = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f32>();
+        let (row, col) = (|t: usize| t / side, |t: usize| t % side);
+        for a in 0..side * side {
+            for b in 0..a {
+                let rows = dist(&code[a][..dim / 2], &code[b][..dim / 2]);
+                let cols = dist(&code[a][dim / 2..], &code[b][dim / 2..]);
+                assert_eq!(rows == 0.0, row(a) == row(b), "tokens {a}, {b}: row half");
+                assert_eq!(cols == 0.0, col(a) == col(b), "tokens {a}, {b}: column half");
+                assert!(rows + cols > 1.0, "tokens {a} and {b} are too alike: {}", rows + cols);
+            }
+        }
+        Ok(())
     }
 }

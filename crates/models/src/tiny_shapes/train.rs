@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 use stride_shapes::World;
@@ -37,6 +37,10 @@ pub struct TrainConfig {
     /// How the flow times of a batch are drawn. Older run files lack the field: logit-normal.
     #[serde(default = "TimeSampling::logit_normal")]
     pub time_sampling: TimeSampling,
+    /// A model folder whose weights start the run instead of the seeded initialisation (a
+    /// fine-tune); `model` must describe the same parameters. Read once, when the run starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<PathBuf>,
 }
 
 fn one() -> f64 {
@@ -84,6 +88,7 @@ impl Default for TrainConfig {
             seed: 0,
             text_lr_scale: 1.0,
             time_sampling: TimeSampling::Uniform,
+            init: None,
         }
     }
 }
@@ -108,8 +113,13 @@ const BETA2: f64 = 0.999;
 const ADAM_EPS: f64 = 1e-8;
 
 impl Trainer {
-    /// A fresh run (parameters initialised from the seed).
+    /// A fresh run: parameters initialised from the seed, or read from `config.init`.
     pub fn new(config: TrainConfig, device: &Device) -> Result<Self, ModelError> {
+        let init = config.init.clone();
+        Self::build(config, init.as_deref(), device)
+    }
+
+    fn build(config: TrainConfig, init: Option<&Path>, device: &Device) -> Result<Self, ModelError> {
         config.model.validate().map_err(ModelError::Config)?;
         let varmap = VarMap::new();
         // candle's CPU RNG cannot be seeded: initialise every parameter from its own seeded
@@ -118,6 +128,9 @@ impl Trainer {
         let net = Net::new(&config.model, vb)?;
         let mut names: Vec<String> = varmap.data().lock().expect("varmap lock").keys().cloned().collect();
         names.sort();
+        if let Some(dir) = init {
+            load_weights(&varmap, &names, &dir.join("model.safetensors"), device)?;
+        }
         let (m, v, ema) = {
             let data = varmap.data().lock().expect("varmap lock");
             let mut ema = Vec::with_capacity(names.len());
@@ -257,7 +270,8 @@ impl Trainer {
         if let Some(steps) = steps {
             config.steps = steps;
         }
-        let mut trainer = Self::new(config, device)?;
+        // The checkpoint holds every parameter: a fine-tune's `init` folder is not read again.
+        let mut trainer = Self::build(config, None, device)?;
         let weights = dir.join("checkpoint.safetensors");
         let tensors = candle_core::safetensors::load(&weights, device)
             .map_err(|e| ModelError::File { path: weights.clone(), reason: e.to_string() })?;
@@ -342,6 +356,29 @@ const STEP_KEY: &str = "state.step";
 struct CheckpointState {
     step: u64,
     config: TrainConfig,
+}
+
+/// Sets every parameter in `varmap` from the safetensors file at `path`, which must hold each
+/// of `names` with the same shape.
+fn load_weights(varmap: &VarMap, names: &[String], path: &Path, device: &Device) -> Result<(), ModelError> {
+    let file_err = |reason: String| ModelError::File { path: path.to_path_buf(), reason };
+    let tensors = candle_core::safetensors::load(path, device).map_err(|e| file_err(e.to_string()))?;
+    let data = varmap.data().lock().expect("varmap lock");
+    for name in names {
+        let var = &data[name];
+        let value = tensors
+            .get(name)
+            .ok_or_else(|| file_err(format!("no {name}: these weights are not of the run's model config")))?;
+        if value.dims() != var.dims() {
+            return Err(file_err(format!(
+                "{name} is {:?}, the run's model config needs {:?}",
+                value.dims(),
+                var.dims()
+            )));
+        }
+        var.set(&value.to_dtype(DType::F32)?)?;
+    }
+    Ok(())
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> ModelError {
