@@ -412,6 +412,7 @@ fn run_job(args: JobArgs) -> Result<()> {
     let plan = work(&out).plan(shard, manifest.blocks(), manifest.batch, &done);
     let block_len = |b: usize| manifest.block_len(b);
     let units: usize = plan.todo.iter().map(|&b| block_len(b) * configs.len()).sum();
+    crate::interrupt::install("the block in flight");
     eprintln!(
         "distilling {} solver x NFE schedules from {} samples ({plan}) into {}",
         configs.len(),
@@ -473,6 +474,7 @@ fn run_job(args: JobArgs) -> Result<()> {
             }
         }
         work(&out).append(shard, &records)?;
+        work(&out).stop_if_interrupted()?;
     }
     bar.finish_and_clear();
     let done = read_records(&out, &manifest)?;

@@ -8,6 +8,7 @@ mod eval;
 mod eval_policy;
 mod eval_schedules;
 mod generate;
+mod interrupt;
 mod params;
 mod plot;
 mod schedules;
@@ -52,6 +53,10 @@ enum Command {
 fn main() {
     alloc::keep_freed_memory();
     if let Err(err) = run(Cli::parse()) {
+        if let Some(stopped) = err.downcast_ref::<interrupt::Stopped>() {
+            eprintln!("{stopped}");
+            std::process::exit(interrupt::EXIT_STATUS);
+        }
         eprintln!("error: {err:#}");
         std::process::exit(1);
     }

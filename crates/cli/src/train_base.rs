@@ -77,6 +77,7 @@ pub fn run(args: Args) -> Result<()> {
     );
     anyhow::ensure!(args.stop_at != Some(0), "--stop-at must be a step of at least 1");
     let device = args.device.open()?;
+    crate::interrupt::install("the step in flight, writing the checkpoint");
     let mut trainer = if args.resume {
         Trainer::resume(&args.out, args.steps, &device)
             .with_context(|| format!("resuming from {}", args.out.display()))?
@@ -138,7 +139,8 @@ pub fn run(args: Args) -> Result<()> {
         smoothed = Some(s);
         bar.set_position(trainer.step);
         bar.set_message(format!("loss {s:.4}"));
-        if last_save.elapsed() >= every || trainer.step == stop {
+        let interrupted = crate::interrupt::requested();
+        if last_save.elapsed() >= every || trainer.step == stop || interrupted {
             trainer.save_checkpoint(&args.out)?;
             last_save = Instant::now();
             if bar.is_hidden() && !args.quiet {
@@ -149,6 +151,16 @@ pub fn run(args: Args) -> Result<()> {
                     bar.per_sec()
                 );
             }
+        }
+        if interrupted {
+            bar.abandon();
+            return Err(crate::interrupt::Stopped(format!(
+                "stopped at step {} of {total}; the checkpoint is written. Continue with: \
+                 stride train-base --out {} --resume",
+                trainer.step,
+                args.out.display()
+            ))
+            .into());
         }
     }
     bar.finish();

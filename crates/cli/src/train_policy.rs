@@ -331,6 +331,7 @@ fn run_job(args: JobArgs) -> Result<()> {
     let done = read_table(&out, &manifest)?;
     let plan = work.plan(shard, manifest.blocks(), manifest.batch, &done);
     let items: usize = plan.todo.iter().map(|&b| manifest.block_len(b)).sum();
+    crate::interrupt::install("the block in flight");
     eprintln!(
         "reward table: {} prompts x {} seeds at {} step counts ({plan}) in {}",
         manifest.prompts.len(),
@@ -351,6 +352,7 @@ fn run_job(args: JobArgs) -> Result<()> {
         let records = score_block(&model, &manifest, &sampler, &sigmas, &requests, block, &device)?;
         work.append(shard, &records)?;
         bar.inc(records.len() as u64);
+        work.stop_if_interrupted()?;
     }
     bar.finish_and_clear();
     let done = read_table(&out, &manifest)?;

@@ -227,6 +227,18 @@ impl WorkDir<'_> {
         missing == 0
     }
 
+    /// After a block is appended: [`crate::interrupt::Stopped`] when a stop was asked for.
+    pub fn stop_if_interrupted(&self) -> Result<()> {
+        if crate::interrupt::requested() {
+            return Err(crate::interrupt::Stopped(format!(
+                "stopped; the finished blocks are kept in {}. Run the same command again to continue",
+                self.out.join("work").display()
+            ))
+            .into());
+        }
+        Ok(())
+    }
+
     /// An error unless every block of `0..blocks` is in `done`.
     pub fn require_all<R>(&self, blocks: usize, done: &BTreeMap<usize, Vec<R>>) -> Result<()> {
         let missing: Vec<usize> = (0..blocks).filter(|b| !done.contains_key(b)).collect();

@@ -98,6 +98,42 @@ fn a_killed_job_resumes_to_the_uninterrupted_result() {
 }
 
 #[test]
+fn an_interrupted_job_stops_after_its_block_and_resumes() {
+    use std::io::{BufRead as _, BufReader, Read as _};
+    // Twenty blocks of one sample, so that the interrupt lands before the last.
+    let job = ["--samples", "20", "--batch", "1", "--nfe", "3", "--teacher-steps", "16", "--quiet"];
+    let (out, straight) = (temp_dir("distill-interrupt"), temp_dir("distill-interrupt-straight"));
+    let run = |out: &Path| {
+        let mut cmd = stride();
+        cmd.args(["distill", "--model"]).arg(model()).args(job).arg("--out").arg(out);
+        cmd
+    };
+    let mut child = run(&out).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    // The handler is installed before this line is printed.
+    while !line.starts_with("distilling") {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "the job ended before it started");
+    }
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) }, 0);
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert_eq!(status.code(), Some(130), "{rest}");
+    assert!(rest.contains("Run the same command again"), "{rest}");
+    let records = std::fs::read_to_string(out.join("work/records-0-of-1.jsonl")).unwrap_or_default();
+    let kept = records.lines().count();
+    assert!((1..20).contains(&kept), "stopped after a whole block, before the last: {kept} kept");
+    assert!(records.ends_with('\n'), "no block is left cut short");
+
+    let resumed = ok(&run(&out).output().unwrap());
+    assert!(resumed.contains(&format!("{kept} done, {} to do", 20 - kept)), "{resumed}");
+    ok(&run(&straight).output().unwrap());
+    assert_same(&schedules(&out), &schedules(&straight));
+}
+
+#[test]
 fn shards_merge_to_the_single_run_result() {
     let out = temp_dir("distill-shards");
     let first = ok(&distill(&out, &["--shard", "0/2"]));

@@ -1,7 +1,8 @@
-//! `stride train-base` end to end: a run killed mid-way, or stopped with `--stop-at`, and
-//! resumed ends bit-identical to an uninterrupted one (tiny random configuration, through the
-//! built binary).
+//! `stride train-base` end to end: a run killed mid-way, interrupted (Ctrl-C), or stopped with
+//! `--stop-at`, and resumed ends bit-identical to an uninterrupted one (tiny random
+//! configuration, through the built binary).
 
+use std::io::{BufRead as _, BufReader, Read as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -38,7 +39,7 @@ fn checkpoint_step(dir: &Path) -> Option<u64> {
 }
 
 #[test]
-fn killed_or_stopped_run_resumes_bit_identically() {
+fn killed_interrupted_or_stopped_run_resumes_bit_identically() {
     let root = temp_dir("resume");
     let config = write_config(&root);
     let (straight, killed) = (root.join("straight"), root.join("killed"));
@@ -69,6 +70,36 @@ fn killed_or_stopped_run_resumes_bit_identically() {
     let a = std::fs::read(straight.join("checkpoint.safetensors")).unwrap();
     let b = std::fs::read(killed.join("checkpoint.safetensors")).unwrap();
     assert!(a == b, "resumed run (killed at step {stopped_at}) differs from the uninterrupted one");
+
+    // Ctrl-C: with no timed checkpoint due, the only one is written by the interrupt.
+    let interrupted = root.join("interrupted");
+    let mut child = stride()
+        .args(["train-base", "--quiet", "--checkpoint-minutes", "60", "--out"])
+        .arg(&interrupted)
+        .arg("--config")
+        .arg(&config)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("training tiny-shapes") {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "the run ended before it started training");
+    }
+    // The handler is installed before that line is printed.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) }, 0);
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert_eq!(status.code(), Some(130), "{rest}");
+    assert!(rest.contains("--resume"), "the message says how to continue: {rest}");
+    let stopped_at = checkpoint_step(&interrupted).expect("the interrupt wrote a checkpoint");
+    assert!(stopped_at < STEPS, "the run finished before it could be interrupted");
+    let status = train(&interrupted).arg("--resume").status().unwrap();
+    assert!(status.success());
+    let b = std::fs::read(interrupted.join("checkpoint.safetensors")).unwrap();
+    assert!(a == b, "resumed run (interrupted at step {stopped_at}) differs from the uninterrupted one");
 
     // A chunk ended by --stop-at: the schedule still follows the full --steps.
     let chunked = root.join("chunked");
