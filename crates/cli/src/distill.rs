@@ -39,7 +39,8 @@ use crate::work::{RunArgs, Shard, WorkDir};
   stride distill --shard 3/8 --out runs/oss   # one of 8 machines; the last to finish merges
   stride distill --model sd15 --prompts prompts.txt --solver dpmpp_2m --nfe 10 --device cuda --out sd15-oss
 
-A killed job resumes where it stopped when run again with the same settings and --out."
+A killed job resumes where it stopped when run again with the same settings and --out; Ctrl-C
+stops it after the block in flight, so nothing is lost."
 )]
 pub struct Args {
     #[command(subcommand)]

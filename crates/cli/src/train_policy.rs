@@ -36,8 +36,9 @@ use crate::work::{RunArgs, Shard, WorkDir};
   stride train-policy --shard 2/8 --out runs/p          # one of 8 machines; the last to finish fits
   stride train-policy merge --out runs/p                 # fit it once every shard is done
 
-A killed job resumes where it stopped when run again with the same settings and --out; the
-training settings (--reward, --lambda, --objective, ...) may change between runs, the table's may not."
+A killed job resumes where it stopped when run again with the same settings and --out (Ctrl-C
+stops it after the block in flight, so nothing is lost); the training settings (--reward,
+--lambda, --objective, ...) may change between runs, the table's may not."
 )]
 pub struct Args {
     #[command(subcommand)]

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Everything made from the bundled weights, made again after new weights land in
+# models/tiny-shapes (`stride train-base ... --export models/tiny-shapes`), in the order the
+# README's tables were made. CPU, two cores: about 3 hours in all (times per stage below).
+#
+#   bash scripts/remake-after-retrain.sh            # every stage
+#   bash scripts/remake-after-retrain.sh policy     # from the named stage on
+#
+# The distill and train-policy stages are resumable jobs: after a kill or Ctrl-C, run the script
+# again from that stage and they continue from their work/ folders. Outputs made from the old
+# weights are removed first (`fresh`): the jobs would refuse them, their model hash differs.
+# Afterwards: the README's eval, schedule and policy tables from the logs in runs/remake/, and
+# the prompts and seeds of crates/models/tests/committed_weights.rs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+S=${STRIDE:-target/release/stride}
+M=models/tiny-shapes
+LOGS=runs/remake
+mkdir -p "$LOGS"
+cargo build --release -p stride-cli
+
+stages=(fresh eval distill exact policy policy-distilled eval-policy eval-schedules)
+from=${1:-fresh}
+[[ " ${stages[*]} " == *" $from "* ]] || { echo "unknown stage $from: one of ${stages[*]}" >&2; exit 2; }
+started=
+run() {  # run STAGE COMMAND...: runs once the named starting stage is reached, logging its output
+  local stage=$1; shift
+  [ "$stage" = "$from" ] && started=1
+  [ -n "$started" ] || return 0
+  echo "== $stage: $*" >&2
+  "$@" 2>&1 | tee "$LOGS/$stage.txt"
+}
+
+run fresh rm -rf "$M/schedules" "$M/policy" "$M/policy-distilled"
+# 500 held-out prompts at 50, 20, 10 and 5 steps, and the README's grid (~25 min).
+run eval "$S" eval --grid assets/tiny_shapes_grid.png
+# OSS schedules for dpmpp_2m and euler at NFE 5, 8, 10, 15, 20 (~40 min).
+run distill "$S" distill --samples 16
+# Exact-DP euler schedules (~15 min).
+run exact "$S" distill --samples 16 --solver euler --method exact
+# Reward table and policy over uniform schedules (~60 min), then over the distilled ones (~20 min).
+run policy "$S" train-policy
+run policy-distilled "$S" train-policy --scheduler distilled --options 5,8,10,15,20 \
+  --out "$M/policy-distilled"
+# The policies against fixed counts on 200 held-out prompts, stored in policy.json (~15 min).
+run eval-policy "$S" eval policy --write
+# Hand-designed against distilled schedules on 64 held-out prompts (~10 min; one thread, as the
+# README's timing column was measured).
+run eval-schedules env CANDLE_NUM_THREADS=1 "$S" eval schedules --limit 64
