@@ -4,6 +4,8 @@
 //! On the samples whose prompt names a background, also: the background colour word swapped
 //! with an object's colour word ("a red circle on a blue background" -> "a blue circle on a
 //! red background"), which only a model that binds colours to their nouns can tell apart.
+//! On the samples whose prompt names a place: the place mirrored ("top left" -> "bottom
+//! right"), which only a model that puts objects where the prompt says can tell apart.
 //! `cargo run --release -p stride-models --example probe_loss -- MODEL_DIR`
 use candle_core::{Device, Tensor};
 use stride_models::TinyShapes;
@@ -26,6 +28,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bound: Vec<&str> = with_background.iter().map(|&i| own[i]).collect();
     let swapped: Vec<&str> = swapped.iter().map(String::as_str).collect();
     let keep = Tensor::new(with_background.iter().map(|&i| i as u32).collect::<Vec<_>>(), &Device::Cpu)?;
+    let (with_place, mirrored): (Vec<usize>, Vec<String>) =
+        own.iter().enumerate().filter_map(|(i, p)| Some((i, mirror_places(p)?))).unzip();
+    let placed: Vec<&str> = with_place.iter().map(|&i| own[i]).collect();
+    let mirrored: Vec<&str> = mirrored.iter().map(String::as_str).collect();
+    let keep_placed = Tensor::new(with_place.iter().map(|&i| i as u32).collect::<Vec<_>>(), &Device::Cpu)?;
     for t in [0.99f32, 0.95, 0.8, 0.5, 0.2] {
         let xt = ((&x0 * (1.0 - t) as f64)? + (&eps * t as f64)?)?;
         let target = (&eps - &x0)?;
@@ -47,6 +54,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("t {t}:{}", losses(None, &[("own", &own), ("other", &shifted), ("empty", &empty)])?);
         let line = losses(Some(&keep), &[("own", &bound), ("colours swapped", &swapped)])?;
         println!("t {t}, {} prompts with a background:{line}", bound.len());
+        let line = losses(Some(&keep_placed), &[("own", &placed), ("places mirrored", &mirrored)])?;
+        println!("t {t}, {} prompts with a place:{line}", placed.len());
     }
     Ok(())
 }
@@ -65,4 +74,22 @@ fn swap_background(prompt: &str) -> Option<String> {
     words[object] = b;
     words[background] = a;
     Some(words.join(" "))
+}
+
+/// The prompt with every place word mirrored through the centre (top <-> bottom, left <->
+/// right), when it has one.
+fn mirror_places(prompt: &str) -> Option<String> {
+    let mirror = |word: &str| match word.trim_end_matches(',') {
+        "top" => Some("bottom"),
+        "bottom" => Some("top"),
+        "left" => Some("right"),
+        "right" => Some("left"),
+        _ => None,
+    };
+    let words: Vec<String> = prompt
+        .split(' ')
+        .map(|w| mirror(w).map_or(w.to_string(), |m| m.to_string() + if w.ends_with(',') { "," } else { "" }))
+        .collect();
+    let mirrored = words.join(" ");
+    (mirrored != prompt).then_some(mirrored)
 }
