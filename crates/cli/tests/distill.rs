@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 mod common;
-use common::{model, stride, temp_dir};
+use common::{interrupt_once_started, model, stride, temp_dir};
 
 /// A small job: 6 samples in blocks of 2, two solvers, two step counts, a 16-step teacher.
 const JOB: &[&str] = &["--samples", "6", "--batch", "2", "--nfe", "3,5", "--teacher-steps", "16", "--quiet"];
@@ -99,7 +99,6 @@ fn a_killed_job_resumes_to_the_uninterrupted_result() {
 
 #[test]
 fn an_interrupted_job_stops_after_its_block_and_resumes() {
-    use std::io::{BufRead as _, BufReader, Read as _};
     // Twenty blocks of one sample, so that the interrupt lands before the last.
     let job = ["--samples", "20", "--batch", "1", "--nfe", "3", "--teacher-steps", "16", "--quiet"];
     let (out, straight) = (temp_dir("distill-interrupt"), temp_dir("distill-interrupt-straight"));
@@ -108,18 +107,8 @@ fn an_interrupted_job_stops_after_its_block_and_resumes() {
         cmd.args(["distill", "--model"]).arg(model()).args(job).arg("--out").arg(out);
         cmd
     };
-    let mut child = run(&out).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
     // The handler is installed before this line is printed.
-    while !line.starts_with("distilling") {
-        line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "the job ended before it started");
-    }
-    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) }, 0);
-    let status = child.wait().unwrap();
-    let mut rest = String::new();
-    stderr.read_to_string(&mut rest).unwrap();
+    let (status, rest) = interrupt_once_started(&mut run(&out), "distilling");
     assert_eq!(status.code(), Some(130), "{rest}");
     assert!(rest.contains("Run the same command again"), "{rest}");
     let records = std::fs::read_to_string(out.join("work/records-0-of-1.jsonl")).unwrap_or_default();

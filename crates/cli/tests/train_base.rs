@@ -2,21 +2,12 @@
 //! `--stop-at`, and resumed ends bit-identical to an uninterrupted one (tiny random
 //! configuration, through the built binary).
 
-use std::io::{BufRead as _, BufReader, Read as _};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-fn stride() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_stride"))
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("stride-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+mod common;
+use common::{interrupt_once_started, stride, temp_dir};
 
 const STEPS: u64 = 120;
 
@@ -73,25 +64,10 @@ fn killed_interrupted_or_stopped_run_resumes_bit_identically() {
 
     // Ctrl-C: with no timed checkpoint due, the only one is written by the interrupt.
     let interrupted = root.join("interrupted");
-    let mut child = stride()
-        .args(["train-base", "--quiet", "--checkpoint-minutes", "60", "--out"])
-        .arg(&interrupted)
-        .arg("--config")
-        .arg(&config)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.starts_with("training tiny-shapes") {
-        line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "the run ended before it started training");
-    }
-    // The handler is installed before that line is printed.
-    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) }, 0);
-    let status = child.wait().unwrap();
-    let mut rest = String::new();
-    stderr.read_to_string(&mut rest).unwrap();
+    let mut command = stride();
+    command.args(["train-base", "--quiet", "--checkpoint-minutes", "60", "--out"]).arg(&interrupted);
+    // The handler is installed before this line is printed.
+    let (status, rest) = interrupt_once_started(command.arg("--config").arg(&config), "training tiny-shapes");
     assert_eq!(status.code(), Some(130), "{rest}");
     assert!(rest.contains("--resume"), "the message says how to continue: {rest}");
     let stopped_at = checkpoint_step(&interrupted).expect("the interrupt wrote a checkpoint");

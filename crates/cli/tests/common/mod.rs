@@ -3,8 +3,9 @@
 
 #![allow(dead_code)] // each test binary uses its own subset
 
+use std::io::{BufRead as _, BufReader, Read as _};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 
 pub fn stride() -> Command {
@@ -16,6 +17,23 @@ pub fn temp_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// Runs `command` with its stderr piped and sends it SIGINT (Ctrl-C) once a line of its stderr
+/// starts with `started`; the exit status and the rest of its stderr.
+pub fn interrupt_once_started(command: &mut Command, started: &str) -> (ExitStatus, String) {
+    let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.starts_with(started) {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "the job ended before `{started}`");
+    }
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) }, 0);
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    (status, rest)
 }
 
 /// A tiny model folder, made once per test binary.
