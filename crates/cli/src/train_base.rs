@@ -141,7 +141,8 @@ pub fn run(args: Args) -> Result<()> {
         smoothed = Some(s);
         bar.set_position(trainer.step);
         bar.set_message(format!("loss {s:.4}"));
-        let interrupted = crate::interrupt::requested();
+        // An interrupt during the last step changes nothing: the run ends (and exports) as asked.
+        let interrupted = crate::interrupt::requested() && trainer.step < stop;
         if last_save.elapsed() >= every || trainer.step == stop || interrupted {
             trainer.save_checkpoint(&args.out)?;
             last_save = Instant::now();
