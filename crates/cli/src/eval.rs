@@ -96,8 +96,8 @@ impl Heldout {
             );
             (World::new(0).heldout_prompts(HELDOUT_COUNT), "the shapes world's held-out list".to_string())
         } else {
-            let prompts = stride_shapes::read_prompts(&path)
-                .with_context(|| format!("reading prompts from {}", path.display()))?;
+            // The error names the file and line.
+            let prompts = stride_shapes::read_prompts(&path)?;
             (prompts, path.display().to_string())
         };
         prompts.truncate(limit);

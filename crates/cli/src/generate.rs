@@ -481,7 +481,10 @@ fn line_params(args: &Args, choice: &Choice, line: &Line, seed: u64) -> Result<P
 fn sampler_takes_eta(sampler: &str) -> Result<bool> {
     match sampler.parse::<AdaptiveSampler>() {
         Ok(adaptive) => Ok(adaptive.takes_eta()),
-        Err(_) => Ok(sampler.parse::<Sampler>()?.kind.takes_eta()),
+        Err(_) => match sampler.parse::<Sampler>() {
+            Ok(fixed) => Ok(fixed.kind.takes_eta()),
+            Err(e) => bail!("{e}; adaptive: {}", stride_solvers::adaptive::ADAPTIVE_SAMPLERS.join(", ")),
+        },
     }
 }
 
@@ -651,7 +654,6 @@ fn same_but_seed(a: &Params, b: &Params) -> bool {
     Params { seed: 0, ..a.clone() } == Params { seed: 0, ..b.clone() }
 }
 
-/// Samples a batch of jobs that differ only in their seeds.
 /// Receives the x0 predictions after a step (1-based), as images.
 type Preview<'a> = dyn FnMut(usize, Vec<Tensor>) -> Result<()> + 'a;
 
@@ -661,6 +663,7 @@ fn preview_path(path: &Path, step: usize) -> PathBuf {
     path.with_file_name(format!("{stem}-step{step}.png"))
 }
 
+/// Samples a batch of jobs that differ only in their seeds.
 fn sample(
     model: &Model,
     batch: &[Job],

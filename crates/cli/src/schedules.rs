@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use stride_distill::{Intended, ScheduleFile};
-use stride_solvers::{NoiseSchedule, Scheduler, Sigmas};
+use stride_solvers::{NoiseSchedule, Sampler, Scheduler, Sigmas};
 
 /// Folder, inside a model folder, of the schedules shipped with it (`SOLVER-NFE.json`).
 pub const SHIPPED_DIR: &str = "schedules";
@@ -118,15 +118,20 @@ pub fn nearest(dir: &Path, solver: &str, steps: usize) -> Option<PathBuf> {
 /// The schedule shipped with a model (`model_dir/schedules/`) for `solver` nearest `steps`.
 pub fn shipped(model_dir: &Path, solver: &str, steps: usize) -> Result<PathBuf> {
     let dir = model_dir.join(SHIPPED_DIR);
-    match nearest(&dir, solver, steps) {
-        Some(path) => Ok(path),
-        None => bail!(
-            "--scheduler distilled: no schedule for {solver} in {} (distill one with `stride distill --model {} \
-             --solver {solver}`, or pass --schedule FILE)",
-            dir.display(),
-            model_dir.display()
-        ),
+    if let Some(path) = nearest(&dir, solver, steps) {
+        return Ok(path);
     }
+    // Say why none exists when none can: the solver has no distilled schedule to offer.
+    let sampler: Sampler = solver.parse()?;
+    if let Err(e) = stride_distill::student::Student::new(sampler) {
+        bail!("--scheduler distilled: {e}");
+    }
+    bail!(
+        "--scheduler distilled: no schedule for {solver} in {} (distill one with `stride distill --model {} \
+             --solver {solver}`, or pass --schedule FILE)",
+        dir.display(),
+        model_dir.display()
+    )
 }
 
 /// Writes sigmas as a `--sigmas` list that parses back to the same values (`inf` included).

@@ -19,7 +19,8 @@ use crate::device::DeviceArg;
 
 Ctrl-C writes the checkpoint after the step in flight and stops; --resume continues.")]
 pub struct Args {
-    /// Run folder: checkpoint.safetensors/.json and, at the end, the exported model.
+    /// Run folder: the checkpoint (checkpoint.safetensors, and checkpoint.json with the run's
+    /// settings and step).
     #[arg(long, default_value = "runs/tiny-shapes")]
     out: PathBuf,
     /// Continue from the checkpoint in --out with its settings (bit-identical to an
@@ -68,10 +69,13 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    anyhow::ensure!(
-        args.checkpoint_minutes.is_finite() && args.checkpoint_minutes >= 0.0,
-        "--checkpoint-minutes must be a number >= 0 (0: after every step)"
-    );
+    // Negative, NaN, infinite and too-large values are all refused here.
+    let every = Duration::try_from_secs_f64(args.checkpoint_minutes * 60.0).map_err(|_| {
+        anyhow::anyhow!(
+            "--checkpoint-minutes must be a number of minutes >= 0 (0: after every step), got {}",
+            args.checkpoint_minutes
+        )
+    })?;
     anyhow::ensure!(
         args.resume || !args.out.join("checkpoint.json").exists(),
         "{} already holds a training run: continue it with --resume, or choose another --out",
@@ -125,7 +129,6 @@ pub fn run(args: Args) -> Result<()> {
         .expect("valid template"),
     );
     bar.set_position(trainer.step);
-    let every = Duration::from_secs_f64(args.checkpoint_minutes * 60.0);
     let mut last_save = Instant::now();
     let mut smoothed = None;
     while trainer.step < stop {

@@ -108,7 +108,19 @@ impl WorkDir<'_> {
                 self.command
             )
         })?;
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+        let value: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        // The jobs divide by these counts: a zero (a hand-edited file) must be an error here.
+        for count in ["batch", "samples", "seeds"] {
+            if let Some(n) = value.get(count) {
+                anyhow::ensure!(
+                    n.as_u64().is_some_and(|n| n > 0),
+                    "{}: `{count}` is {n}, it must be at least 1 (was the file edited?)",
+                    path.display()
+                );
+            }
+        }
+        serde_json::from_value(value).with_context(|| format!("parsing {}", path.display()))
     }
 
     /// Writes the manifest of a new job, or checks that a resumed one has the same settings.

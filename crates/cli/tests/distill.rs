@@ -145,6 +145,15 @@ fn other_settings_and_bad_input_are_clear_errors() {
     assert!(!changed.status.success());
     let stderr = String::from_utf8_lossy(&changed.stderr);
     assert!(stderr.contains("other settings (cfg_scale)"), "{stderr}");
+    // A hand-edited manifest with a zero count is refused, not divided by.
+    let job = out.join("work").join("job.json");
+    let text = std::fs::read_to_string(&job).unwrap();
+    let batch =
+        text.lines().find(|l| l.trim_start().starts_with("\"batch\"")).expect("job.json names its batch");
+    std::fs::write(&job, text.replace(batch, "  \"batch\": 0,")).unwrap();
+    let merged = stride().args(["distill", "merge", "--out"]).arg(&out).output().unwrap();
+    let stderr = String::from_utf8_lossy(&merged.stderr);
+    assert!(!merged.status.success() && stderr.contains("`batch` is 0"), "{stderr}");
     for (args, expected) in [
         (&["--shard", "2/2"][..], "expected I/N"),
         (&["--solver", "heun"][..], "heun"),

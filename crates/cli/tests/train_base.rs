@@ -115,13 +115,15 @@ fn bad_training_input_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("broken.json") && !err.contains("panicked"), "{err}");
 
-    // A fresh run never overwrites another run's checkpoint; a negative interval is refused.
+    // A fresh run never overwrites another run's checkpoint; a negative or endless interval is
+    // refused.
     let taken = root.join("taken");
     std::fs::create_dir_all(&taken).unwrap();
     std::fs::write(taken.join("checkpoint.json"), "{}").unwrap();
     for (args, expected) in [
         (vec!["--out", taken.to_str().unwrap()], "already holds a training run"),
         (vec!["--out", root.join("new").to_str().unwrap(), "--checkpoint-minutes=-1"], ">= 0"),
+        (vec!["--out", root.join("new").to_str().unwrap(), "--checkpoint-minutes=1e20"], ">= 0"),
         (vec!["--out", root.join("new").to_str().unwrap(), "--stop-at", "0"], "at least 1"),
     ] {
         let out = stride().args(["train-base", "--quiet"]).args(&args).output().unwrap();

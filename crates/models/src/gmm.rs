@@ -58,7 +58,8 @@ impl GaussianMixture {
     }
 
     /// A reproducible mixture of `components` components in `dim` dimensions: means spread
-    /// on `[-1, 1]` by a fixed hash of (component, coordinate), stds from 0.1 to 0.4.
+    /// on `[-1, 1]` by a fixed hash of (component, coordinate), stds evenly from 0.1 towards 0.4
+    /// (0.1 + 0.3 k / K for component k of K).
     pub fn synthetic(dim: usize, components: usize, schedule: NoiseSchedule) -> Self {
         let hash = |k: usize, i: usize| splitmix_unit((k as u64) << 32 | i as u64) * 2.0 - 1.0;
         let means = (0..components).map(|k| (0..dim).map(|i| hash(k, i)).collect()).collect();
@@ -79,6 +80,11 @@ impl GaussianMixture {
     pub fn with_parameterization(mut self, parameterization: Parameterization) -> Self {
         self.parameterization = parameterization;
         self
+    }
+
+    /// The components' means and stds.
+    pub fn components(&self) -> impl Iterator<Item = (&[f64], f64)> {
+        self.means.iter().map(Vec::as_slice).zip(self.stds.iter().copied())
     }
 
     /// Data dimension `D`.

@@ -64,7 +64,7 @@ pub const MAX_PHRASES: usize = 9;
 pub enum ParseError {
     #[error("empty prompt")]
     Empty,
-    #[error("unknown word {word:?} (word {position}); the vocabulary is stride_shapes::VOCABULARY")]
+    #[error("unknown word {word:?} (word {position}); the known words are: {}", VOCABULARY.join(" "))]
     UnknownWord { word: String, position: usize },
     #[error("unexpected word {found:?} (word {position}); expected {expected}")]
     Unexpected { found: String, position: usize, expected: &'static str },
@@ -668,10 +668,12 @@ pub fn is_heldout_in_every_order(request: &Request) -> bool {
 /// Error reading a prompts file.
 #[derive(Debug, thiserror::Error)]
 pub enum PromptsFileError {
-    #[error("reading {path}: {source}")]
-    Io { path: String, source: std::io::Error },
-    #[error("{path}:{line}: {source}")]
-    Parse { path: String, line: usize, source: ParseError },
+    // The causes are in the messages, not `#[source]`s: callers that print the chain would
+    // show them twice.
+    #[error("reading {path}: {error}")]
+    Io { path: String, error: std::io::Error },
+    #[error("{path}:{line}: {error}")]
+    Parse { path: String, line: usize, error: ParseError },
 }
 
 /// Parses prompts, one a line. Blank lines, lines starting with `#` and a leading byte-order
@@ -693,9 +695,9 @@ pub fn parse_prompts(text: &str) -> Result<Vec<Prompt>, (usize, ParseError)> {
 /// Reads a prompts file (see [`parse_prompts`]).
 pub fn read_prompts(path: &Path) -> Result<Vec<Prompt>, PromptsFileError> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| PromptsFileError::Io { path: shown.clone(), source })?;
-    parse_prompts(&text).map_err(|(line, source)| PromptsFileError::Parse { path: shown, line, source })
+    let text =
+        std::fs::read_to_string(path).map_err(|error| PromptsFileError::Io { path: shown.clone(), error })?;
+    parse_prompts(&text).map_err(|(line, error)| PromptsFileError::Parse { path: shown, line, error })
 }
 
 /// Writes prompts one a line (their `text`, newlines replaced by spaces), atomically:

@@ -13,6 +13,8 @@ pub enum ScheduleError {
     NotDecreasing { index: usize, prev: f64, value: f64 },
     #[error("step count must be at least 1")]
     ZeroSteps,
+    #[error("{0} steps is more than the {max} a schedule may have", max = crate::sigmas::MAX_STEPS)]
+    TooManySteps(usize),
     #[error("{0}")]
     Invalid(String),
     #[error("unknown scheduler `{name}`; valid names: {valid}")]

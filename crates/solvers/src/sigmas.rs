@@ -208,6 +208,19 @@ impl FromStr for Scheduler {
     }
 }
 
+/// The most steps a generated schedule may have: far beyond any sampler's use (references
+/// are solved in a few thousand), low enough that a mistyped count is an error, not an
+/// allocation of the machine's memory.
+pub const MAX_STEPS: usize = 100_000;
+
+fn check_step_count(steps: usize) -> Result<(), ScheduleError> {
+    match steps {
+        0 => Err(ScheduleError::ZeroSteps),
+        n if n > MAX_STEPS => Err(ScheduleError::TooManySteps(n)),
+        _ => Ok(()),
+    }
+}
+
 impl Scheduler {
     /// The sigmas for `steps` steps of a model with noise schedule `schedule`. Karras,
     /// exponential and log-SNR spacing run over [`NoiseSchedule::sampling_range`], which for
@@ -221,9 +234,7 @@ impl Scheduler {
     /// assert!((sigmas.first() - 14.6146).abs() < 1e-3 && sigmas.last() == 0.0);
     /// ```
     pub fn sigmas(&self, schedule: &NoiseSchedule, steps: usize) -> Result<Sigmas, ScheduleError> {
-        if steps == 0 {
-            return Err(ScheduleError::ZeroSteps);
-        }
+        check_step_count(steps)?;
         // Flow models start from pure noise (s = inf): sigma-spaced schedules start just below.
         let (s_max, s_min) = schedule.sampling_range();
         let mut sigmas: Vec<f64> = match *self {
@@ -272,9 +283,7 @@ impl Scheduler {
 
     /// The integer training timesteps of the diffusers spacings, noisiest first.
     pub fn timesteps(&self, train_steps: usize, steps: usize) -> Result<Vec<usize>, ScheduleError> {
-        if steps == 0 {
-            return Err(ScheduleError::ZeroSteps);
-        }
+        check_step_count(steps)?;
         if steps > train_steps {
             return Err(ScheduleError::Invalid(format!(
                 "{steps} steps exceed the {train_steps} training timesteps"

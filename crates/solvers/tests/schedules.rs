@@ -130,7 +130,10 @@ fn karras_and_exponential_match_k_diffusion() {
 }
 
 /// AYS: the 10-step table itself (its last entry replaced by 0, as ComfyUI does), and
-/// log-linear interpolation that keeps both ends and stays between table neighbours.
+/// log-linear interpolation that keeps both ends and stays between table neighbours. The
+/// expected values are NVIDIA's published tables as ComfyUI ships them
+/// (`comfy_extras/nodes_align_your_steps.py`, `NOISE_LEVELS["SD1"]` and `["SDXL"]`;
+/// stable-diffusion.cpp's `AYSSchedule` has the same digits).
 #[test]
 fn ays_tables_interpolate_log_linearly() {
     let ten = Scheduler::Ays(AysModel::Sd15).sigmas(&sd15(), 10).unwrap();
@@ -158,6 +161,11 @@ fn bad_schedules_are_errors_naming_the_entry() {
     assert!(Sigmas::new(vec![f64::INFINITY, 1.0, 0.0]).is_ok(), "a leading +inf is pure noise");
     assert!(matches!(Sigmas::parse("14.6, x, 0"), Err(ScheduleError::Invalid(m)) if m.contains("`x`")));
     assert_eq!(Scheduler::Karras { rho: 7.0 }.sigmas(&sd15(), 0), Err(ScheduleError::ZeroSteps));
+    // A mistyped count is an error, not an allocation of usize::MAX sigmas.
+    let huge = usize::MAX / 4;
+    assert_eq!(Scheduler::Uniform.sigmas(&sd15(), huge), Err(ScheduleError::TooManySteps(huge)));
+    assert_eq!(Scheduler::Trailing.timesteps(1000, huge), Err(ScheduleError::TooManySteps(huge)));
+    assert!(Scheduler::Uniform.sigmas(&sd15(), stride_solvers::sigmas::MAX_STEPS).is_ok());
     let unknown = "karas".parse::<Scheduler>().unwrap_err().to_string();
     assert!(unknown.contains("karras") && unknown.contains("exponential"), "{unknown}");
     let flow = NoiseSchedule::Flow { shift: 3.0 };

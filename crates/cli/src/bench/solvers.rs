@@ -53,7 +53,11 @@ fn ode_solvers() -> Vec<(&'static str, Sampler)> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    anyhow::ensure!(args.batch > 0 && !args.shape.is_empty(), "--batch and --shape must be non-empty");
+    anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
+    anyhow::ensure!(
+        args.shape.len() == 3 && args.shape.iter().all(|&d| d > 0),
+        "--shape must be three dimensions C,H,W of at least 1, e.g. 4,64,64"
+    );
     anyhow::ensure!(args.nfe.iter().all(|n| *n > 0), "--nfe values must be at least 1");
     let dims: Vec<usize> = std::iter::once(args.batch).chain(args.shape.iter().copied()).collect();
     let dim: usize = args.shape.iter().product();
