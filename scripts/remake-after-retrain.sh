@@ -9,7 +9,7 @@
 # The distill and train-policy stages are resumable jobs: after a kill or Ctrl-C, run the script
 # again from that stage and they continue from their work/ folders. Outputs made from the old
 # weights are removed first (`fresh`): the jobs would refuse them, their model hash differs.
-# Afterwards: the README's eval, schedule and policy tables from the logs in runs/remake/, and
+# Afterwards: the README's eval, schedule, policy and adaptive-solver tables from the logs in runs/remake/, and
 # the prompts and seeds of crates/models/tests/committed_weights.rs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +19,7 @@ LOGS=runs/remake
 mkdir -p "$LOGS"
 cargo build --release -p stride-cli
 
-stages=(fresh eval distill exact policy policy-distilled eval-policy eval-schedules)
+stages=(fresh eval distill exact policy policy-distilled eval-policy eval-schedules bench-adaptive)
 from=${1:-fresh}
 [[ " ${stages[*]} " == *" $from "* ]] || { echo "unknown stage $from: one of ${stages[*]}" >&2; exit 2; }
 started=
@@ -47,3 +47,6 @@ run eval-policy "$S" eval policy --write
 # Hand-designed against distilled schedules on 64 held-out prompts (~10 min; one thread, as the
 # README's timing column was measured).
 run eval-schedules env CANDLE_NUM_THREADS=1 "$S" eval schedules --limit 64
+# The README's adaptive-solver table and assets/bench_adaptive_*.svg: the mixture rows do not
+# depend on the weights, the tiny-shapes rows do (~20 min; one thread, as measured before).
+run bench-adaptive env CANDLE_NUM_THREADS=1 "$S" bench adaptive --model-samples 32

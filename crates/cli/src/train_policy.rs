@@ -31,7 +31,7 @@ use crate::work::{RunArgs, Shard, WorkDir};
     after_help = "Examples:
   stride train-policy                                   # the model's policy (models/tiny-shapes/policy)
   stride train-policy --prompts train.txt --seeds 4 --out my-policy
-  stride train-policy --scheduler distilled --out models/tiny-shapes/policy-distilled
+  stride train-policy --scheduler distilled --options 5,8,10,15,20 --out models/tiny-shapes/policy-distilled
   stride train-policy merge --lambda 1.0                 # refit on the finished table: cheaper choices
   stride train-policy --shard 2/8 --out runs/p          # one of 8 machines; the last to finish fits
   stride train-policy merge --out runs/p                 # fit it once every shard is done

@@ -1,7 +1,12 @@
 //! # stride-models
 //!
-//! Denoisers implementing [`stride_solvers::Denoiser`]. For now the exact Gaussian-mixture
-//! model that every solver test and benchmark uses.
+//! Denoisers implementing [`stride_solvers::Denoiser`]:
+//!
+//! - [`GaussianMixture`]: an exact model (its score and its ODE solution in closed form) that
+//!   every solver test and benchmark checks against.
+//! - [`TinyShapes`]: the bundled text-to-image model, trained offline on the shapes world.
+//! - [`StableDiffusion`]: Stable Diffusion through candle-transformers, from the Hub or a
+//!   local folder.
 
 pub mod gmm;
 pub mod init;

@@ -2,8 +2,9 @@
 //!
 //! A per-prompt step policy (AdaDiff, "Adaptive Step Selection for Fast Diffusion", AAAI-25):
 //! a small network reads the prompt's text features from the model's own text encoder and
-//! picks how many steps the prompt needs, trained with policy gradient (REINFORCE) on a cached
-//! table of what every option is worth for each training prompt.
+//! picks how many steps the prompt needs, trained as a contextual bandit on a cached table of
+//! what every option is worth for each training prompt (AdaDiff's REINFORCE, or the optimum of
+//! the same entropy-regularised objective fitted directly: see [`train`]).
 //!
 //! - [`PolicyNet`]: self-attention layers over per-token features, a masked mean, an MLP over
 //!   the step-count options ([`DEFAULT_OPTIONS`]).

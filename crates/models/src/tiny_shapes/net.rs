@@ -1,6 +1,8 @@
-//! The tiny-shapes network: a small text transformer and a DiT-style denoiser with
-//! cross-attention, all matmuls (candle's CPU conv2d backward is several times slower than
-//! its forward; its matmul is fast), so it trains on two CPU cores.
+//! The tiny-shapes network: a small text transformer and a denoiser with cross-attention to
+//! its per-token outputs, either a U-Net (convolutional levels around transformer blocks, the
+//! default) or a DiT (patch tokens). Every layer is a matmul, convolutions included (a fused
+//! 3x3 gather, `ops::im2col3x3`): candle's CPU conv2d backward is several times slower than
+//! its forward while its matmul is fast, so the network trains on two CPU cores.
 
 pub mod ops;
 

@@ -18,7 +18,7 @@ use stride_solvers::TorchGenerator;
 use super::net::{Config, Net};
 use super::{tokenizer, ModelError};
 
-/// The training run's settings (`train.json` beside the checkpoint).
+/// The training run's settings (stored in the checkpoint's `checkpoint.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
     pub model: Config,
@@ -259,8 +259,8 @@ impl Trainer {
         })
     }
 
-    /// Resumes from the checkpoint under `dir`; its training config wins over `config`'s
-    /// except for `steps` (so a run can be extended).
+    /// Resumes from the checkpoint under `dir` with the training config stored in it; `steps`,
+    /// if given, replaces its total (so a run can be extended or shortened).
     pub fn resume(dir: &Path, steps: Option<u64>, device: &Device) -> Result<Self, ModelError> {
         let json_path = dir.join("checkpoint.json");
         let text = std::fs::read_to_string(&json_path).map_err(|e| io_err(&json_path, e))?;
