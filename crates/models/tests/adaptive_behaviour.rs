@@ -157,6 +157,8 @@ fn dpm_adaptive_tighter_rtol_is_closer_to_the_ode_solution() {
             errors.push(err);
         }
         assert!(check < errors[2] / 10.0, "the fixed-step reference is not fine enough");
+        // A clear drop: measured 9x and 30x (VE), 9.7x and 11x (VP); 2x leaves room for
+        // the step-size controller's jumps (the errors are printed, `--nocapture`).
         for w in errors.windows(2) {
             assert!(w[1] < 0.5 * w[0], "{schedule:?}: 10x tighter rtol did not lower the error: {errors:?}");
         }
@@ -305,6 +307,8 @@ fn adaptive_sde_tighter_rtol_is_closer_to_the_sde_solution() {
         eprintln!("adaptive_sde rtol {rtol}: RMS error {rms:.2e}, mean NFE {nfe}");
         errors.push(rms);
     }
+    // A clear drop, not the ideal 10x: the strong error of an SDE solver falls more slowly
+    // than its tolerance; measured 5.8x and 4.5x (printed, `--nocapture`).
     for w in errors.windows(2) {
         assert!(w[1] < 0.5 * w[0], "10x tighter rtol did not lower the strong error: {errors:?}");
     }
@@ -410,7 +414,8 @@ fn each_sample_keeps_its_own_step_size() {
     let (alone, alone_stats) = AdaptiveSde::default()
         .sample(&model, x.narrow(0, 0, 1).unwrap(), sigma_max, sigma_min, &mut noise, |_| {})
         .unwrap();
-    assert!(max_abs_diff(&both.narrow(0, 0, 1).unwrap(), &alone) < 1e-12);
+    // Bit for bit: every operation of the solver and of the mixture is per row.
+    assert_eq!(max_abs_diff(&both.narrow(0, 0, 1).unwrap(), &alone), 0.0);
     let (a, b) = (&stats.samples[0], &alone_stats.samples[0]);
     assert_eq!((a.accepted, a.rejected), (b.accepted, b.rejected));
     assert!(b.nfe <= a.nfe);

@@ -8,9 +8,10 @@
 //!   0.1..20, eps 1e-3; VE 0.01..50, eps 1e-5);
 //! - `dpm_adaptive`: k-diffusion 0.1.1.post1 `sample_dpm_adaptive` (eta 0 and eta > 0).
 //!
-//! Tolerance: 1e-6 relative on the f64 path for every iteration's time, step size, scaled
-//! error and state (max |ours - reference| / max |reference| over the batch); the accept /
-//! reject decisions must be identical. (The f32 path is not compared: a rounding difference
+//! Tolerance on the f64 path: 1e-8 relative for every iteration's state (max |ours -
+//! reference| / max |reference| over the batch; measured worst 7.7e-10), 1e-6 for its time,
+//! step size and scaled error ([`SCALAR_TOL`]); the accept / reject decisions must be
+//! identical. (The f32 path is not compared: a rounding difference
 //! can flip an accept decision near err = 1 and the trajectories then legitimately part.)
 
 mod common;
@@ -26,7 +27,11 @@ use stride_solvers::adaptive::{
 };
 use stride_solvers::{NoiseSchedule, Parameterization, ReplayNoise};
 
-const TOL: f64 = 1e-6;
+const TOL: f64 = 1e-8;
+/// For the per-iteration scalars (time, step size, scaled error). The scaled error is the
+/// difference of the step's two solutions, so cancellation magnifies its relative rounding:
+/// measured worst 5.9e-7.
+const SCALAR_TOL: f64 = 1e-6;
 
 fn golden() -> &'static Value {
     static GOLDEN: OnceLock<Value> = OnceLock::new();
@@ -53,10 +58,10 @@ fn rel_err(ours: &[f64], reference: &[f64]) -> f64 {
     ours.iter().zip(reference).fold(0.0f64, |m, (a, b)| m.max((a - b).abs())) / scale
 }
 
-/// |a - b| <= TOL max(|a|, |b|) + 1e-15: relative, plus an ulp-level absolute slack for the
-/// residue `t - eps` (~1e-18) that `t -= h` leaves on the final step.
+/// |a - b| <= SCALAR_TOL max(|a|, |b|) + 1e-15: relative, plus an ulp-level absolute slack for
+/// the residue `t - eps` (~1e-18) that `t -= h` leaves on the final step.
 fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() <= TOL * a.abs().max(b.abs()) + 1e-15
+    (a - b).abs() <= SCALAR_TOL * a.abs().max(b.abs()) + 1e-15
 }
 
 fn cases(solver: &str) -> Vec<&'static Value> {

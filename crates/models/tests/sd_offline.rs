@@ -160,12 +160,15 @@ fn tiny_sd15_folder_loads_samples_two_steps_and_decodes() -> Result<()> {
     // The folder's own size (UNet sample_size 8: 64 px) and spacing (none given: leading).
     let d = Variant::Sd15.defaults_in(Some(&dir));
     assert_eq!((d.width, d.height, d.scheduler), (64, 64, "leading"));
+    // diffusers' AutoencoderKL scaling_factor for SD 1.x, used when vae/config.json omits it.
     assert_eq!(sd.latent_scale, 0.18215);
     assert_eq!(sd.downscale, 8);
     assert_eq!(sd.schedule, NoiseSchedule::Discrete(DiscreteSchedule::stable_diffusion()));
 
     // The loader's UNet is candle's network: same output at one timestep, and a per-sample
-    // timestep equals separate calls.
+    // timestep equals separate calls. To f32 rounding, not bit for bit: the time embedding is
+    // built here from a tensor of per-sample timesteps, in candle's from one broadcast scalar.
+    // The last check shows the timestep matters by far more than that tolerance.
     let x = Tensor::randn(0f32, 1., (2, 4, 8, 8), &dev)?;
     let ctx = Tensor::randn(0f32, 1., (2, 77, CROSS_DIM), &dev)?;
     let ours = sd.unet.forward(&x, &[500.0, 500.0], &ctx, None)?;
@@ -198,8 +201,6 @@ fn tiny_sd15_folder_loads_samples_two_steps_and_decodes() -> Result<()> {
     let images = sd.decode(&latents)?;
     assert_eq!(images.dims(), &[2, 3, h, w]);
     assert!(all_finite(&images)?);
-    let max = images.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-    assert!(max <= 1.0);
 
     // Rows gathered from the guided conditioning predict what the same conditioning built in
     // that order does (the distiller's mixed batches). Same rows, same calls: exact.

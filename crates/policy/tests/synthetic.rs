@@ -76,10 +76,12 @@ fn held_out(settings: &TrainSettings) -> (f64, f64, f64) {
     (correct as f64 / n, picked, uniform)
 }
 
-/// The default objective recovers the best option on held-out prompts.
+/// The default objective recovers the best option on held-out prompts (measured: all 400; the
+/// bound leaves room for a few prompts near a richness boundary).
 #[test]
 fn training_recovers_the_best_option_per_prompt() {
     let (accuracy, _, _) = held_out(&TrainSettings::default());
+    eprintln!("max-entropy fit: best option for {accuracy:.3} of held-out prompts");
     assert!(accuracy > 0.95, "the best option for {accuracy:.3} of held-out prompts");
 }
 

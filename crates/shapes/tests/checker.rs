@@ -35,6 +35,7 @@ fn pass_rates(seed: u64, mut spoil: impl FnMut(&mut Image32, &mut dyn FnMut() ->
 fn clean_scenes_pass() {
     let (own, full) = pass_rates(100, |_, _| {});
     eprintln!("clean: own prompt {own:.4}, full description {full:.4}");
+    // The target; measured 1.0000 and 1.0000.
     assert!(own >= 0.99 && full >= 0.99, "{own} {full}");
     // Stronger: the checker reads back exactly the scene that was drawn.
     let w = World::new(101);
@@ -54,9 +55,11 @@ fn noisy_scenes_pass() {
     let mut rng = w.rng(u64::MAX - 1);
     let (own, full) = pass_rates(200, |img, _| img.add_gaussian_noise(0.1, &mut rng));
     eprintln!("noise 0.1: own prompt {own:.4}, full description {full:.4}");
+    // The target; measured 1.0000 and 1.0000.
     assert!(own >= 0.95 && full >= 0.95, "{own} {full}");
     let (own, full) = pass_rates(201, |img, _| img.add_gaussian_noise(0.2, &mut rng));
     eprintln!("noise 0.2: own prompt {own:.4}, full description {full:.4}");
+    // Twice the noise at its noisy target; measured 0.9885 and 0.9840.
     assert!(own >= 0.95 && full >= 0.95, "{own} {full}");
 }
 
@@ -97,6 +100,8 @@ fn degraded_scenes_mostly_pass() {
     eprintln!(
         "blur 0.3 + contrast 0.85 + colour shift 0.15 + noise 0.1: own prompt {own:.4}, full {full:.4}"
     );
+    // Measured 0.9985 and 0.9975; 0.97 leaves room for a change of the world's draws, not for
+    // a checker that reads soft edges or shifted colours wrong.
     assert!(own >= 0.97 && full >= 0.97, "{own} {full}");
     // A whole-image shift by one pixel keeps every object in its cell.
     let (own, full) = pass_rates(301, |img, _| {
@@ -108,6 +113,7 @@ fn degraded_scenes_mostly_pass() {
         }
     });
     eprintln!("shifted by (1, 1): own prompt {own:.4}, full {full:.4}");
+    // Measured 1.0000 and 1.0000.
     assert!(own >= 0.99 && full >= 0.99, "{own} {full}");
 }
 
@@ -185,9 +191,11 @@ fn corrupted_scenes_fail() {
         rate(own_pass, own_kept)
     );
     assert!(full_n > 1800);
-    assert!(rate(full_fail, full_n) >= 0.95);
-    assert!(rate(own_fail, own_violated) >= 0.95);
-    assert!(rate(own_pass, own_kept) >= 0.99);
+    // Every one (as the README says): a change that breaks the prompt always fails it, one that
+    // keeps it true never does.
+    assert_eq!(full_fail, full_n);
+    assert_eq!(own_fail, own_violated);
+    assert_eq!(own_pass, own_kept);
 }
 
 #[test]

@@ -107,7 +107,13 @@ fn masks_have_the_expected_areas() {
     let area = |s: Shape, n: usize| s.mask(n, n).iter().filter(|&&b| b).count();
     let small: Vec<usize> = Shape::ALL.iter().map(|&s| area(s, 5)).collect();
     let large: Vec<usize> = Shape::ALL.iter().map(|&s| area(s, 9)).collect();
-    // circle, square, triangle, cross
+    // circle, square, triangle, cross; counted by hand in doubled pixel-centre offsets
+    // (dx, dy in -(n-1), -(n-3), ..., n-1):
+    // - circle: dx^2 + dy^2 <= n^2; for n = 5 all but the 4 corners, for n = 9 per |dx| =
+    //   8, 6, 4, 2, 0 there are 5, 7, 9, 9, 9 rows (x2 for +-dx): 10 + 14 + 18 + 18 + 9;
+    // - square: n^2;
+    // - triangle: |dx| <= y + 1 in row y: 1+3+3+5+5 for n = 5, 1+3+3+5+5+7+7+9+9 for n = 9;
+    // - cross: arms a = 1 (n = 5) and 3 (n = 9) wide, 2 n a - a^2.
     assert_eq!(small, [21, 25, 17, 9]);
     assert_eq!(large, [69, 81, 49, 45]);
     // Every mask touches all four sides of its box, so the box the checker measures is
