@@ -473,7 +473,8 @@ fn fit_and_save(
     let reward = training.reward(manifest.options.len())?;
     let settings = training.settings()?;
     let quality = quality(manifest, &records, training.fidelity);
-    let rewards: Vec<Vec<f64>> = quality.iter().map(|q| reward.rewards(q, &manifest.options)).collect();
+    let rewards: Vec<Vec<f64>> =
+        quality.iter().map(|q| reward.rewards(q, &manifest.options)).collect::<candle_core::Result<_>>()?;
     let model = TinyShapes::load(&manifest.model_dir, device)
         .with_context(|| format!("loading the model from {}", manifest.model_dir.display()))?;
     let hash = crate::schedules::model_hash(&manifest.model_dir)?;

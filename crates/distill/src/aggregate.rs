@@ -93,7 +93,7 @@ pub fn interpolate(sigmas: &Sigmas, steps: usize) -> Result<Sigmas, DistillError
     if starts_at_inf {
         out.push(f64::INFINITY);
     }
-    out.extend(loglinear_interp(body, points));
+    out.extend(loglinear_interp(body, points)?);
     if ends_at_zero {
         out.push(0.0);
     }

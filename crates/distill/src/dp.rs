@@ -134,10 +134,20 @@ impl<S> OssSearch<S> {
         targets_for(&self.counts, self.level(), from)
     }
 
-    /// The cost of landing at `to` by one step from the frontier state at `from`.
-    pub fn offer(&mut self, from: usize, to: usize, cost: f64) {
-        debug_assert!(self.targets(from).contains(&to), "landing {from} -> {to} is not allowed");
+    /// The cost of landing at `to` by one step from the frontier state at `from`; `to` must be
+    /// one of [`Self::targets`]`(from)`.
+    pub fn offer(&mut self, from: usize, to: usize, cost: f64) -> Result<(), DistillError> {
+        // The frontier is sorted noisiest (highest index) first.
+        let in_frontier = self.frontier.binary_search_by(|(i, _)| from.cmp(i)).is_ok();
+        if !in_frontier || !self.targets(from).contains(&to) {
+            return Err(DistillError::Config(format!(
+                "landing {from} -> {to} is not allowed at step {} (from must be a frontier index, to \
+                 one of its targets)",
+                self.level()
+            )));
+        }
         improve(&mut self.offers[to], cost, from);
+        Ok(())
     }
 
     /// Ends the level: `land(from, parent_state, to)` builds the state of each winning landing.
@@ -207,7 +217,7 @@ pub fn oss_search<S, E: From<DistillError>>(
         for (p, &from) in frontier.iter().enumerate() {
             for to in search.targets(from) {
                 let (state, cost) = step(from, &search.frontier()[p].1, to)?;
-                search.offer(from, to, cost);
+                search.offer(from, to, cost)?;
                 states.insert((from, to), state);
             }
         }

@@ -217,7 +217,8 @@ impl ScheduleFile {
         std::fs::rename(&tmp, path).map_err(failed)
     }
 
-    /// Checks what can be checked without a model: format, sigmas, step counts, names.
+    /// Checks what can be checked without a model: the format, the schedule's and each
+    /// sample's sigmas, `nfe` against the schedule and the teacher's steps, the solver's name.
     pub fn validate(&self, origin: &str) -> Result<(), DistillError> {
         let fail = |message: String| Err(DistillError::File { origin: origin.into(), message });
         if self.format != FORMAT {

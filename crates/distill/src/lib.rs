@@ -30,7 +30,7 @@
 //! use stride_models::GaussianMixture;
 //! use stride_solvers::{Denoiser, NoiseSchedule, NoiseSource, Sampler, SamplerKind, TorchNoise};
 //!
-//! let model = GaussianMixture::synthetic(8, 3, NoiseSchedule::edm());
+//! let model = GaussianMixture::synthetic(8, 3, NoiseSchedule::edm()).unwrap();
 //! let mut config = Config::new(model.schedule(), Sampler::new(SamplerKind::Dpmpp2m), 4).unwrap();
 //! config.grid = stride_distill::teacher::default_grid(model.schedule(), 40).unwrap();
 //! let noise = TorchNoise::new(&[1, 2]).sample(&(2, 8).into(), DType::F64, &Device::Cpu).unwrap();

@@ -75,6 +75,13 @@ pub fn predict_x0(
         let sigmas: Vec<f64> = chunk.iter().map(|q| q.sigma).collect();
         let samples: Vec<usize> = chunk.iter().map(|q| q.sample).collect();
         let raw = model.predict(&x, &sigmas, &samples)?;
+        if raw.dims() != x.dims() {
+            return Err(stride_solvers::SolverError::PredictionShape {
+                input: x.dims().to_vec(),
+                output: raw.dims().to_vec(),
+            }
+            .into());
+        }
         let x0 = process_x0(&to_x0(model.parameterization(), family, &x, &raw, &sigmas)?, processing)?;
         if let Some(bad) = first_non_finite(&x0)? {
             return Err(DistillError::NonFinite { sample: chunk[bad].sample, sigma: chunk[bad].sigma });

@@ -62,7 +62,7 @@ pub struct Config {
     pub distance: Distance,
     /// Calibration samples searched together (their model calls share batches).
     pub batch: usize,
-    /// Most rows in one model call.
+    /// Most rows in one model call of the search (the teacher's calls hold `batch` rows).
     pub max_rows: usize,
 }
 
@@ -147,6 +147,9 @@ pub fn distill_counts(
     }
     if counts.is_empty() {
         return Err(DistillError::Config("no step count to distill".into()));
+    }
+    if let Some(c) = counts.iter().enumerate().find_map(|(i, c)| counts[..i].contains(c).then_some(c)) {
+        return Err(DistillError::Config(format!("step count {c} is given twice")));
     }
     let student = Student::new(config.student)?;
     let searches = groups(&student, counts)
@@ -476,7 +479,7 @@ impl Search {
             offers.extend(to.zip(costs).map(|(j, cost)| (*from, j, cost)));
         }
         for (from, to, cost) in offers {
-            search.offer(from, to, cost);
+            search.offer(from, to, cost)?;
         }
         Ok(())
     }

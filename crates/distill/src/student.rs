@@ -108,6 +108,9 @@ impl Student {
         (s, s_next): (f64, f64),
         order: usize,
     ) -> candle_core::Result<Tensor> {
+        let Some(&(m0, _)) = history.first() else {
+            candle_core::bail!("a student step needs the current x0 prediction in its history");
+        };
         match self.sampler.kind {
             SamplerKind::Dpmpp2m | SamplerKind::Dpmpp3m => {
                 let params = MultistepParams {
@@ -120,7 +123,7 @@ impl Student {
                 update::dpmpp_multistep(family, x, history, s, s_next, params, None)
             }
             // euler and ddim (eta 0): the same first-order step
-            _ => update::first_order(family, x, history[0].0, s, s_next),
+            _ => update::first_order(family, x, m0, s, s_next),
         }
     }
 

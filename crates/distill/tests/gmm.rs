@@ -15,7 +15,7 @@ use stride_solvers::{
 const DIM: usize = 16;
 
 fn model() -> GaussianMixture {
-    GaussianMixture::synthetic(DIM, 4, NoiseSchedule::Discrete(DiscreteSchedule::stable_diffusion()))
+    GaussianMixture::synthetic(DIM, 4, NoiseSchedule::Discrete(DiscreteSchedule::stable_diffusion())).unwrap()
 }
 
 fn noise(seed: u64, count: usize) -> Tensor {
@@ -103,6 +103,7 @@ fn exact_mode_beats_uniform_and_karras() {
 #[test]
 fn oss_costs_are_what_the_sampler_gets() {
     let flow = GaussianMixture::synthetic(DIM, 4, NoiseSchedule::Flow { shift: 3.0 })
+        .unwrap()
         .with_parameterization(Parameterization::FlowVelocity);
     let cases = [
         (model(), SamplerKind::Euler, Distance::X0),
@@ -170,6 +171,14 @@ fn unsupported_students_are_refused_clearly() {
     assert!(err.to_string().contains("with the OSS search"), "{err}");
     let err = distill(&Shared(&model), &noise, &config(&model, SamplerKind::Euler, 201), |_| {}).unwrap_err();
     assert!(err.to_string().contains("201 steps"), "{err}");
+    let euler = config(&model, SamplerKind::Euler, 4);
+    let err = distill_counts(&Shared(&model), &noise, &euler, &[4, 5, 4], |_| {}).unwrap_err();
+    assert!(err.to_string().contains("step count 4 is given twice"), "{err}");
+    // The search's own API refuses a landing it does not offer (from the root at 10, one step
+    // of two cannot land on 0 yet, nor come from 7).
+    let mut search = stride_distill::OssSearch::new(10, 2, ()).unwrap();
+    assert!(search.offer(10, 3, 1.0).is_ok());
+    assert!(search.offer(10, 0, 1.0).is_err() && search.offer(7, 3, 1.0).is_err());
 }
 
 /// The mixture, refusing to be evaluated at sigma 0 (as a model that divides by sigma would):

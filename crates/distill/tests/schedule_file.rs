@@ -120,7 +120,7 @@ fn another_model_or_solver_is_refused_unless_forced() {
 
 #[test]
 fn a_distilled_file_validates_and_interpolates() {
-    let model = GaussianMixture::synthetic(4, 2, NoiseSchedule::edm());
+    let model = GaussianMixture::synthetic(4, 2, NoiseSchedule::edm()).unwrap();
     let mut config = Config::new(model.schedule(), Sampler::new(SamplerKind::Euler), 3).unwrap();
     config.grid = stride_distill::teacher::default_grid(model.schedule(), 12).unwrap();
     let noise = TorchNoise::new(&[5, 6, 7]).sample(&(3, 4).into(), DType::F64, &Device::Cpu).unwrap();

@@ -60,20 +60,26 @@ impl GaussianMixture {
     /// A reproducible mixture of `components` components in `dim` dimensions: means spread
     /// on `[-1, 1]` by a fixed hash of (component, coordinate), stds evenly from 0.1 towards 0.4
     /// (0.1 + 0.3 k / K for component k of K).
-    pub fn synthetic(dim: usize, components: usize, schedule: NoiseSchedule) -> Self {
+    pub fn synthetic(
+        dim: usize,
+        components: usize,
+        schedule: NoiseSchedule,
+    ) -> std::result::Result<Self, MixtureError> {
         let hash = |k: usize, i: usize| splitmix_unit((k as u64) << 32 | i as u64) * 2.0 - 1.0;
         let means = (0..components).map(|k| (0..dim).map(|i| hash(k, i)).collect()).collect();
         let stds = (0..components).map(|k| 0.1 + 0.3 * k as f64 / components.max(2) as f64).collect();
         let weights = (0..components).map(|k| 1.0 + k as f64).collect();
-        Self::new(means, stds, weights, schedule).expect("synthetic mixture is valid")
+        Self::new(means, stds, weights, schedule)
     }
 
     /// The same mixture with every component's std multiplied by `factor` (sharper data makes
     /// the score stiff near sigma 0, as for images).
-    pub fn with_stds_scaled(mut self, factor: f64) -> Self {
-        assert!(factor.is_finite() && factor > 0.0, "std factor must be positive and finite");
+    pub fn with_stds_scaled(mut self, factor: f64) -> std::result::Result<Self, MixtureError> {
+        if !(factor.is_finite() && factor > 0.0) {
+            return Err(MixtureError::Values);
+        }
         self.stds.iter_mut().for_each(|s| *s *= factor);
-        self
+        Ok(self)
     }
 
     /// Report predictions in `parameterization` (the x0 posterior mean converted exactly).

@@ -18,7 +18,7 @@ const S_MIN: f64 = 0.05;
 
 fn setup() -> (GaussianMixture, Tensor) {
     let schedule = NoiseSchedule::Ve { sigma_min: S_MIN, sigma_max: S_MAX };
-    let model = GaussianMixture::synthetic(16, 4, schedule);
+    let model = GaussianMixture::synthetic(16, 4, schedule).unwrap();
     let mut noise = TorchNoise::new(&[7, 8, 9, 10]);
     let x = noise.sample(&(4, 16).into(), DType::F64, &Device::Cpu).unwrap().affine(S_MAX, 0.0).unwrap();
     (model, x)

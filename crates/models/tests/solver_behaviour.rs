@@ -4,8 +4,9 @@
 use candle_core::{DType, Device, Result, Tensor};
 use stride_models::GaussianMixture;
 use stride_solvers::sampler::process_x0;
+use stride_solvers::update::{self, MultistepParams};
 use stride_solvers::{
-    Denoiser, DiscreteSchedule, NoiseSchedule, NoiseSource, Parameterization, Sampler, SamplerKind,
+    Denoiser, DiscreteSchedule, Family, NoiseSchedule, NoiseSource, Parameterization, Sampler, SamplerKind,
     Scheduler, Sigmas, SolverError, TorchNoise, X0Processing, SAMPLERS,
 };
 
@@ -28,8 +29,23 @@ impl Denoiser for NanBelow<'_> {
     }
 }
 
+/// Returns one row fewer than it was given, as a broken batching wrapper would.
+struct DropsARow<'a>(&'a GaussianMixture);
+
+impl Denoiser for DropsARow<'_> {
+    fn schedule(&self) -> &NoiseSchedule {
+        self.0.schedule()
+    }
+    fn parameterization(&self) -> Parameterization {
+        self.0.parameterization()
+    }
+    fn predict(&self, x: &Tensor, sigmas: &[f64]) -> Result<Tensor> {
+        self.0.predict(x, sigmas)?.narrow(0, 1, x.dim(0)? - 1)
+    }
+}
+
 fn mixture(schedule: NoiseSchedule) -> GaussianMixture {
-    GaussianMixture::synthetic(8, 3, schedule)
+    GaussianMixture::synthetic(8, 3, schedule).unwrap()
 }
 
 fn start(model: &dyn Denoiser, sigmas: &Sigmas, batch: usize) -> Tensor {
@@ -70,6 +86,27 @@ fn bad_options_and_names_are_clear_errors() {
     for (name, _) in SAMPLERS {
         assert!(unknown.contains(name), "{unknown}");
     }
+
+    // Settings, states and models a library caller can get wrong are errors, not panics.
+    let x = start(&model, &sigmas, 2);
+    let mut noise = TorchNoise::new(&[0, 1]);
+    let mut thresholded = Sampler::new(SamplerKind::Euler);
+    thresholded.x0_processing = X0Processing::DynamicThreshold { ratio: 0.995, max: 0.5 };
+    let err = thresholded.sample(&model, x.clone(), &sigmas, &mut noise, |_| {}).unwrap_err();
+    assert!(matches!(&err, SolverError::Options(m) if m.contains("max >= 1")), "{err}");
+    assert!(process_x0(&x, thresholded.x0_processing).is_err());
+    let euler = Sampler::new(SamplerKind::Euler);
+    let empty = x.narrow(0, 0, 0).unwrap();
+    let err = euler.sample(&model, empty, &sigmas, &mut TorchNoise::new(&[]), |_| {}).unwrap_err();
+    assert!(matches!(&err, SolverError::Options(m) if m.contains("at least one sample")), "{err}");
+    let err = euler.sample(&DropsARow(&model), x, &sigmas, &mut noise, |_| {}).unwrap_err();
+    assert!(matches!(err, SolverError::PredictionShape { .. }), "{err}");
+    assert!(TorchNoise::new(&[]).sample(&(0, 8).into(), DType::F32, &Device::Cpu).is_err());
+    let params = MultistepParams { order: 2, eta: 0.0, s_noise: 1.0, heun: false, taylor_exact_d2: false };
+    let one = start(&model, &sigmas, 1);
+    assert!(update::dpmpp_multistep(Family::Ve, &one, &[], 1.0, 0.5, params, None).is_err());
+    assert!(GaussianMixture::synthetic(0, 3, NoiseSchedule::edm()).is_err());
+    assert!(mixture(NoiseSchedule::edm()).with_stds_scaled(f64::NAN).is_err());
 }
 
 /// Every sampler reaches the data from pure noise in every family: the result at 30 steps

@@ -92,8 +92,9 @@ pub struct StepReport {
 }
 
 /// Trains `net` (its variables in `varmap`) on prompts' `features` `[P, L, F]` / `mask`
-/// `[P, L]` and `rewards[p][o]`, the reward of option `o` for prompt `p`: each update samples
-/// a batch of prompts and one option each from the policy, and follows
+/// `[P, L]` and `rewards[p][o]`, the reward of option `o` for prompt `p`. Each update takes a
+/// batch of prompts and follows the settings' [`Objective`]: by default a cross-entropy fit to
+/// `softmax(r / beta)`; with [`Objective::Reinforce`] one option sampled per prompt and
 /// `(r - baseline) grad log pi(o | p)` plus an entropy bonus ([`Baseline`]).
 pub fn train(
     net: &PolicyNet,

@@ -58,7 +58,7 @@ fn quality(richness: usize) -> Vec<f64> {
 fn held_out(settings: &TrainSettings) -> (f64, f64, f64) {
     let reward = Reward::Linear { lambda: 1.0 };
     let table = |richness: &[usize]| -> Vec<Vec<f64>> {
-        richness.iter().map(|&r| reward.rewards(&quality(r), &DEFAULT_OPTIONS)).collect()
+        richness.iter().map(|&r| reward.rewards(&quality(r), &DEFAULT_OPTIONS).unwrap()).collect()
     };
     let (features, mask, richness) = prompts(2048, 1);
     let config =

@@ -20,7 +20,7 @@ use std::str::FromStr;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::denoiser::{lincomb_rows, to_x0_eps, Denoiser, Parameterization};
+use crate::denoiser::{batch_size, lincomb_rows, predict_checked, to_x0_eps, Denoiser, Parameterization};
 use crate::error::SolverError;
 use crate::noise::NoiseSource;
 use crate::schedule::{Family, NoiseSchedule};
@@ -409,7 +409,7 @@ impl<'a> SdeModel<'a> {
         step: usize,
     ) -> Result<(Tensor, Tensor, Vec<f64>), SolverError> {
         let s: Vec<f64> = ts.iter().map(|&t| self.sde.sigma_at(t)).collect();
-        let out = self.model.predict(x, &s)?;
+        let out = predict_checked(self.model, x, &s)?;
         self.calls += 1;
         if let Some(i) = first_nonfinite_row(&out)? {
             return Err(SolverError::NonFinite { step, sigma: s[i] });
@@ -481,7 +481,7 @@ impl AdaptiveSde {
         check_range(sigma_max, sigma_min)?;
         let mut m = SdeModel::new(model);
         let sde = m.sde.clone();
-        let batch = x.dim(0)?;
+        let batch = batch_size(&x)?;
         let (t_start, t_end) = (sde.time_at(sigma_max), sde.time_at(sigma_min));
         let mut stats = AdaptiveStats::new("adaptive_sde", self.max_nfe, sigma_min, batch);
         let reserve = usize::from(self.denoise != FinalDenoise::None);
@@ -638,7 +638,7 @@ impl EulerMaruyama {
         check_range(sigma_max, sigma_min)?;
         let mut m = SdeModel::new(model);
         let sde = m.sde.clone();
-        let batch = x.dim(0)?;
+        let batch = batch_size(&x)?;
         let (t_start, t_end) = (sde.time_at(sigma_max), sde.time_at(sigma_min));
         let h = (t_start - t_end) / self.steps as f64;
         let mut x = x;
@@ -753,7 +753,7 @@ impl KModel<'_> {
         let alpha = self.family.alpha(s);
         let x = if alpha == 1.0 { y.clone() } else { y.affine(alpha, 0.0)? };
         let sigmas = vec![s; self.batch];
-        let out = self.model.predict(&x, &sigmas)?;
+        let out = predict_checked(self.model, &x, &sigmas)?;
         self.calls += 1;
         if first_nonfinite_row(&out)?.is_some() {
             return Err(SolverError::NonFinite { step, sigma: s });
@@ -793,7 +793,7 @@ impl DpmAdaptive {
         self.validate()?;
         check_range(sigma_max, sigma_min)?;
         let family = model.schedule().family();
-        let batch = x.dim(0)?;
+        let batch = batch_size(&x)?;
         let mut m = KModel { model, family, param: model.parameterization(), batch, calls: 0 };
         let mut stats = AdaptiveStats::new("dpm_adaptive", self.max_nfe, sigma_min, batch);
         let k = if self.eta > 0.0 { 1.5 } else { self.order as f64 };

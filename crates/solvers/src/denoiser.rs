@@ -4,6 +4,7 @@
 use candle_core::{DType, Result, Tensor};
 
 use crate::schedule::{Family, NoiseSchedule};
+use crate::SolverError;
 
 /// What a model's raw output means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,8 +68,18 @@ impl<D: Denoiser + ?Sized> Denoiser for &D {
     }
 }
 
+/// One coefficient per sample of a non-empty batch.
+fn check_rows(x: &Tensor, coeffs: &[f64]) -> Result<()> {
+    let batch = x.dim(0)?;
+    if batch == 0 || coeffs.len() != batch {
+        candle_core::bail!("{} per-sample sigmas or coefficients for a batch of {batch}", coeffs.len());
+    }
+    Ok(())
+}
+
 /// Multiplies each sample of `x` by its own coefficient (one scalar op when they are equal).
 pub(crate) fn scale_rows(x: &Tensor, coeffs: &[f64]) -> Result<Tensor> {
+    check_rows(x, coeffs)?;
     if coeffs.windows(2).all(|w| w[0] == w[1]) {
         return x.affine(coeffs[0], 0.0);
     }
@@ -80,6 +91,8 @@ pub(crate) fn scale_rows(x: &Tensor, coeffs: &[f64]) -> Result<Tensor> {
 
 /// `a * x + b * y`, per sample.
 pub(crate) fn lincomb_rows(x: &Tensor, a: &[f64], y: &Tensor, b: &[f64]) -> Result<Tensor> {
+    check_rows(x, a)?;
+    check_rows(y, b)?;
     let uniform = |c: &[f64]| c.windows(2).all(|w| w[0] == w[1]);
     if uniform(a) && uniform(b) {
         return crate::update::lincomb(&[(a[0], x), (b[0], y)]);
@@ -175,6 +188,31 @@ pub fn from_x0_eps(
             let minus_ones = vec![-1.0; alpha.len()];
             lincomb_rows(eps, &ones, x0, &minus_ones)
         }
+    }
+}
+
+/// [`Denoiser::predict`], checked to return one prediction per element of `x`: the solvers
+/// index their per-sample checks by the prediction's rows.
+pub fn predict_checked<D: Denoiser + ?Sized>(
+    model: &D,
+    x: &Tensor,
+    sigmas: &[f64],
+) -> std::result::Result<Tensor, SolverError> {
+    let out = model.predict(x, sigmas)?;
+    if out.dims() != x.dims() {
+        return Err(SolverError::PredictionShape { input: x.dims().to_vec(), output: out.dims().to_vec() });
+    }
+    Ok(out)
+}
+
+/// The batch size of a state, which must hold at least one sample.
+pub(crate) fn batch_size(x: &Tensor) -> std::result::Result<usize, SolverError> {
+    match x.dims().first() {
+        Some(&batch) if batch > 0 => Ok(batch),
+        _ => Err(SolverError::Options(format!(
+            "the state must hold at least one sample (batch first), got shape {:?}",
+            x.dims()
+        ))),
     }
 }
 

@@ -28,6 +28,8 @@ pub enum SolverError {
     Schedule(#[from] ScheduleError),
     #[error("the model returned NaN or Inf at step {step} (sigma {sigma})")]
     NonFinite { step: usize, sigma: f64 },
+    #[error("the model returned a prediction of shape {output:?} for a state of shape {input:?}")]
+    PredictionShape { input: Vec<usize>, output: Vec<usize> },
     #[error("the noise source ran out: {0}")]
     Noise(String),
     #[error("invalid solver option: {0}")]

@@ -53,7 +53,7 @@ pub mod update;
 pub use adaptive::{
     AdaptiveSampler, AdaptiveSde, AdaptiveStats, AdaptiveStep, DpmAdaptive, ErrorNorm, EulerMaruyama,
 };
-pub use denoiser::{cfg_guides, from_x0_eps, to_x0_eps, Denoiser, Parameterization};
+pub use denoiser::{cfg_guides, from_x0_eps, predict_checked, to_x0_eps, Denoiser, Parameterization};
 pub use error::{ScheduleError, SolverError};
 pub use noise::{NoiseSource, ReplayNoise, TorchNoise};
 pub use rng::TorchGenerator;

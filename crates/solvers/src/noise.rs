@@ -53,6 +53,9 @@ impl TorchNoise {
 impl NoiseSource for TorchNoise {
     fn sample(&mut self, shape: &Shape, dtype: DType, device: &Device) -> Result<Tensor> {
         let dims = shape.dims();
+        if self.generators.is_empty() {
+            candle_core::bail!("a noise source needs at least one seed (one per sample)");
+        }
         if dims.first() != Some(&self.generators.len()) {
             candle_core::bail!(
                 "noise for shape {shape:?} asked of a source seeded for {} samples",

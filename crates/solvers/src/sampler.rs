@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use candle_core::Tensor;
 
-use crate::denoiser::{all_finite, to_x0, Denoiser};
+use crate::denoiser::{all_finite, batch_size, predict_checked, to_x0, Denoiser};
 use crate::error::SolverError;
 use crate::noise::NoiseSource;
 use crate::schedule::Family;
@@ -113,6 +113,24 @@ pub enum X0Processing {
         ratio: f64,
         max: f64,
     },
+}
+
+impl X0Processing {
+    /// Whether the settings can work: a positive clip value, a quantile in (0, 1] and a
+    /// threshold cap of at least 1 (the quantile is clamped to [1, max]).
+    pub fn validate(&self) -> Result<(), String> {
+        match *self {
+            X0Processing::None => Ok(()),
+            X0Processing::Clip(c) if c > 0.0 && c.is_finite() => Ok(()),
+            X0Processing::Clip(c) => Err(format!("clip value must be a positive number, got {c}")),
+            X0Processing::DynamicThreshold { ratio, max } if ratio > 0.0 && ratio <= 1.0 && max >= 1.0 && max.is_finite() => {
+                Ok(())
+            }
+            X0Processing::DynamicThreshold { ratio, max } => Err(format!(
+                "dynamic thresholding needs a ratio in (0, 1] and a finite max >= 1, got ratio {ratio}, max {max}"
+            )),
+        }
+    }
 }
 
 /// What each step reports.
@@ -236,7 +254,8 @@ impl Sampler {
         if !(self.eta >= 0.0 && self.eta.is_finite()) {
             return Err(SolverError::Options(format!("eta must be a finite number >= 0, got {}", self.eta)));
         }
-        let mut model = Evaluator::new(model, self.x0_processing, x.dim(0)?);
+        self.x0_processing.validate().map_err(SolverError::Options)?;
+        let mut model = Evaluator::new(model, self.x0_processing, batch_size(&x)?);
         let family = model.family;
         let s = sigmas.as_slice();
         let steps = sigmas.steps();
@@ -353,7 +372,7 @@ impl<'a> Evaluator<'a> {
 
     fn eval(&mut self, x: &Tensor, sigma: f64, step: usize) -> Result<Tensor, SolverError> {
         let sigmas = vec![sigma; self.batch];
-        let out = self.model.predict(x, &sigmas)?;
+        let out = predict_checked(self.model, x, &sigmas)?;
         self.nfe += 1;
         if !all_finite(&out)? {
             return Err(SolverError::NonFinite { step, sigma });
@@ -365,6 +384,9 @@ impl<'a> Evaluator<'a> {
 
 /// Applies clipping or dynamic thresholding to a batch of x0 predictions.
 pub fn process_x0(x0: &Tensor, processing: X0Processing) -> candle_core::Result<Tensor> {
+    if let Err(e) = processing.validate() {
+        candle_core::bail!("{e}");
+    }
     match processing {
         X0Processing::None => Ok(x0.clone()),
         X0Processing::Clip(c) => x0.clamp(-c, c),

@@ -59,8 +59,9 @@ pub enum BetaSchedule {
 /// A discrete-time variance-preserving schedule over `T` training steps.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DiscreteSchedule {
-    /// Cumulative products of `1 - beta`, one per training timestep.
-    pub alphas_cumprod: Vec<f64>,
+    /// Cumulative products of `1 - beta`, one per training timestep (private: `log_sigmas`
+    /// is derived from it).
+    alphas_cumprod: Vec<f64>,
     log_sigmas: Vec<f64>,
 }
 
@@ -127,12 +128,17 @@ impl DiscreteSchedule {
         Ok(Self { alphas_cumprod, log_sigmas })
     }
 
+    /// Cumulative products of `1 - beta`, one per training timestep.
+    pub fn alphas_cumprod(&self) -> &[f64] {
+        &self.alphas_cumprod
+    }
+
     /// Number of training timesteps `T`.
     pub fn len(&self) -> usize {
         self.alphas_cumprod.len()
     }
 
-    /// Always false: a schedule has at least two timesteps.
+    /// Always false: a schedule is built with at least two timesteps and cannot change.
     pub fn is_empty(&self) -> bool {
         false
     }

@@ -272,7 +272,7 @@ impl Scheduler {
                 return Sigmas::new(linspace(s_max.ln(), s_min.ln(), steps + 1).map(f64::exp).collect());
             }
             Scheduler::Ays(model) => {
-                let mut s = loglinear_interp(model.table(), steps + 1);
+                let mut s = loglinear_interp(model.table(), steps + 1)?;
                 s.pop();
                 s
             }
@@ -328,18 +328,22 @@ fn round_half_even(v: f64) -> f64 {
     }
 }
 
-/// Log-linear interpolation of a decreasing table to `n` points (AYS / OSS tables).
-pub fn loglinear_interp(table: &[f64], n: usize) -> Vec<f64> {
+/// Log-linear interpolation of a decreasing table of positive values to `n` points (AYS / OSS
+/// tables); the table needs at least two.
+pub fn loglinear_interp(table: &[f64], n: usize) -> Result<Vec<f64>, ScheduleError> {
+    if table.len() < 2 {
+        return Err(ScheduleError::TooShort(table.len()));
+    }
     if n == table.len() {
-        return table.to_vec();
+        return Ok(table.to_vec());
     }
     let last = (table.len() - 1) as f64;
-    ramp(n)
+    Ok(ramp(n)
         .map(|x| {
             let pos = x * last;
             let lo = (pos.floor() as usize).min(table.len() - 2);
             let w = pos - lo as f64;
             ((1.0 - w) * table[lo].ln() + w * table[lo + 1].ln()).exp()
         })
-        .collect()
+        .collect())
 }

@@ -177,6 +177,14 @@ pub fn dpmpp_multistep(
     params: MultistepParams,
     z: Option<&Tensor>,
 ) -> Result<Tensor> {
+    if history.is_empty() || !(1..=3).contains(&params.order) {
+        candle_core::bail!(
+            "dpmpp_multistep needs the current x0 in its history and an order of 1 to 3, got {} \
+             entries and order {}",
+            history.len(),
+            params.order
+        );
+    }
     let m0 = history[0].0;
     if s_next == 0.0 {
         return Ok(m0.clone());

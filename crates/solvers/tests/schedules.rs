@@ -48,8 +48,8 @@ fn cases<'a>(
 
 #[test]
 fn alphas_cumprod_match_diffusers() {
-    let DiscreteSchedule { alphas_cumprod, .. } = DiscreteSchedule::stable_diffusion();
-    assert_close(&alphas_cumprod, &floats(&golden()["alphas_cumprod"]), 2e-5, "alphas_cumprod");
+    let sd = DiscreteSchedule::stable_diffusion();
+    assert_close(sd.alphas_cumprod(), &floats(&golden()["alphas_cumprod"]), 2e-5, "alphas_cumprod");
 }
 
 /// DDIM's three spacings define the integer timesteps (n = 1, 10, 20, 30, 50).
@@ -166,6 +166,7 @@ fn bad_schedules_are_errors_naming_the_entry() {
     assert_eq!(Scheduler::Uniform.sigmas(&sd15(), huge), Err(ScheduleError::TooManySteps(huge)));
     assert_eq!(Scheduler::Trailing.timesteps(1000, huge), Err(ScheduleError::TooManySteps(huge)));
     assert!(Scheduler::Uniform.sigmas(&sd15(), stride_solvers::sigmas::MAX_STEPS).is_ok());
+    assert_eq!(stride_solvers::sigmas::loglinear_interp(&[5.0], 3), Err(ScheduleError::TooShort(1)));
     let unknown = "karas".parse::<Scheduler>().unwrap_err().to_string();
     assert!(unknown.contains("karras") && unknown.contains("exponential"), "{unknown}");
     let flow = NoiseSchedule::Flow { shift: 3.0 };

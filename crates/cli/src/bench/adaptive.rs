@@ -181,8 +181,8 @@ fn rms(a: &Tensor, b: &Tensor) -> Result<f64> {
 
 fn mixture(args: &Args, sde_plot: &mut Vec<Series>, ode_plot: &mut Vec<Series>) -> Result<()> {
     let schedule = NoiseSchedule::continuous_vp();
-    let model = GaussianMixture::synthetic(args.dim, 8, schedule.clone())
-        .with_stds_scaled(args.std_scale)
+    let model = GaussianMixture::synthetic(args.dim, 8, schedule.clone())?
+        .with_stds_scaled(args.std_scale)?
         .with_parameterization(Parameterization::Epsilon);
     let (sigma_max, sigma_min) = schedule.sampling_range();
     let (n, d) = (args.samples, args.dim);

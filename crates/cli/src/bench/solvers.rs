@@ -69,7 +69,7 @@ pub fn run(args: Args) -> Result<()> {
 /// Error of each ODE solver x schedule at fixed NFE against the exact solution.
 fn accuracy(args: &Args, dims: &[usize], dim: usize) -> Result<()> {
     let schedule = NoiseSchedule::Discrete(DiscreteSchedule::stable_diffusion());
-    let model = GaussianMixture::synthetic(dim, 8, schedule.clone());
+    let model = GaussianMixture::synthetic(dim, 8, schedule.clone())?;
     let family = schedule.family();
     let schedulers: Vec<&str> = if args.quick {
         vec!["karras", "exponential"]

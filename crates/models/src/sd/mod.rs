@@ -348,6 +348,7 @@ impl StableDiffusion {
         let vae_config_path = source.get("vae/config.json")?;
         let vae_json = VaeJson::read(&vae_config_path)?;
         let vae_config = vae_json.to_candle().map_err(|e| config_err(&vae_config_path, e))?;
+        let downscale = vae_json.downscale().map_err(|e| config_err(&vae_config_path, e))?;
         if unet_json.in_channels != vae_json.latent_channels
             || unet_json.out_channels != vae_json.latent_channels
         {
@@ -399,7 +400,7 @@ impl StableDiffusion {
             dtype,
             vae_dtype,
             latent_channels: vae_json.latent_channels,
-            downscale: vae_json.downscale(),
+            downscale,
         })
     }
 

@@ -95,6 +95,11 @@ pub struct ClipTokenizer {
 impl ClipTokenizer {
     /// `pad_with`: the padding token (`None`: the end-of-text token, as SD 1.x's tokenizer).
     pub fn new(tokenizer: Tokenizer, max_len: usize, pad_with: Option<&str>) -> Result<Self> {
+        if max_len < 2 {
+            candle_core::bail!(
+                "a CLIP tokenizer needs max_len of at least 2 (start and end tokens), got {max_len}"
+            );
+        }
         let id = |t: &str| {
             tokenizer
                 .token_to_id(t)

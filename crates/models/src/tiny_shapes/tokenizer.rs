@@ -62,7 +62,7 @@ pub fn encode(tokenizer: &Tokenizer, text: &str, max_tokens: usize) -> Result<Ve
         return Err(ModelError::Prompt(format!(
             "the prompt has {} words; this model reads at most {}",
             ids.len() - 1,
-            max_tokens - 1
+            max_tokens.saturating_sub(1)
         )));
     }
     Ok(ids)
