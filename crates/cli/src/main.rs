@@ -23,7 +23,19 @@ use clap::{Parser, Subcommand};
 static ALLOCATOR: alloc::Counting = alloc::Counting;
 
 #[derive(Parser)]
-#[command(name = "stride", version, about = "A diffusion sampler that learns where to put its steps")]
+#[command(
+    name = "stride",
+    version,
+    about = "A diffusion sampler that learns where to put its steps",
+    after_help = "Examples:
+  stride generate \"a small red circle in the top left on a blue background\" -o circle.png
+  stride generate \"a red circle\" --steps 8 --scheduler distilled   # the model's distilled schedule
+  stride generate \"two green squares\" --steps auto                 # the step policy picks the count
+  stride info circle.png                                           # how an image was made
+  stride eval --steps 10                                           # ShapesEval pass rates
+
+Each command's --help has more examples."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
