@@ -187,8 +187,9 @@ pub fn run(args: Args) -> Result<()> {
             Model::Sd(Box::new(sd))
         }
     };
-    if let Model::Sd(sd) = &model {
-        warn_long_prompts(sd, &jobs)?;
+    match &model {
+        Model::Sd(sd) => warn_long_prompts(sd, &jobs)?,
+        Model::Tiny(tiny) => warn_unknown_words(tiny, &jobs)?,
     }
     let bars = MultiProgress::new();
     if args.quiet {
@@ -239,6 +240,25 @@ fn warn_long_prompts(sd: &StableDiffusion, jobs: &[Job]) -> Result<()> {
                 eprintln!(
                     "warning: CLIP reads {} tokens; the last {dropped} of \"{text}\" are ignored",
                     tokenizer.max_len - 2
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A word the bundled model's tokenizer does not know is read as `[UNK]`, which the model
+/// never learned to draw: say which, once per prompt.
+fn warn_unknown_words(tiny: &TinyShapes, jobs: &[Job]) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for text in jobs.iter().flat_map(|j| [&j.params.prompt, &j.params.negative_prompt]) {
+        if seen.insert(text) {
+            let unknown = stride_models::tiny_shapes::tokenizer::unknown_words(&tiny.tokenizer, text)?;
+            if !unknown.is_empty() {
+                eprintln!(
+                    "warning: tiny-shapes does not know {} in \"{text}\" (it knows: {})",
+                    unknown.iter().map(|w| format!("\"{w}\"")).collect::<Vec<_>>().join(", "),
+                    stride_shapes::VOCABULARY.join(" ")
                 );
             }
         }

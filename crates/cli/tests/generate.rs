@@ -128,7 +128,10 @@ fn unicode_prompts_are_kept_and_no_image_overwrites_another() {
     let dir = temp_dir("names");
     let prompt = "a red circle \u{2014} \u{201c}red\u{201d}";
     let out = generate(&dir, &[prompt, "--seed", "3", "--steps", "2", "-o", "u.png"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    // Words the model cannot read are named, as written.
+    assert!(err.contains("does not know \"\u{2014}\", \"\u{201c}red\u{201d}\""), "{err}");
     let info = stride().arg("info").arg(dir.join("u.png")).output().unwrap();
     assert!(
         String::from_utf8_lossy(&info.stdout).starts_with(prompt),

@@ -44,6 +44,8 @@ fn tokenizer_round_trip_and_unknown_words() {
     assert_eq!(words, ["a", "small", "red", "circle", "in", "the", "top", "left"]);
     let unknown = tokenizer::encode(&tok, "a purple circle", 32).unwrap();
     assert_eq!(unknown[2], tokenizer::UNK, "unknown words map to [UNK]");
+    let named = tokenizer::unknown_words(&tok, "A red circle above, a Blue square nearby.").unwrap();
+    assert_eq!(named, ["above", "nearby"], "unknown words are named as written");
     assert_eq!(tokenizer::encode(&tok, "", 32).unwrap(), vec![tokenizer::BOS], "the empty prompt is [BOS]");
     let long = vec!["red"; 40].join(" ");
     let err = tokenizer::encode(&tok, &long, 32).unwrap_err().to_string();

@@ -68,6 +68,20 @@ pub fn encode(tokenizer: &Tokenizer, text: &str, max_tokens: usize) -> Result<Ve
     Ok(ids)
 }
 
+/// The words of `text` the tokenizer does not know (each read as `[UNK]`), as written.
+pub fn unknown_words(tokenizer: &Tokenizer, text: &str) -> Result<Vec<String>, ModelError> {
+    let encoding = tokenizer.encode(text, false).map_err(ModelError::tokenizer)?;
+    // Offsets point into the text as given (the normalizer only lower-cases and blanks
+    // punctuation, so they line up with it).
+    Ok(encoding
+        .get_ids()
+        .iter()
+        .zip(encoding.get_offsets())
+        .filter(|(&id, _)| id == UNK)
+        .filter_map(|(_, &(start, end))| text.get(start..end).map(str::to_string))
+        .collect())
+}
+
 /// Token ids `[B, L]` (padded with `[PAD]` to the longest prompt) and mask `[B, L]`
 /// (1 = token) of a batch of prompts.
 pub fn encode_batch<S: AsRef<str>>(
