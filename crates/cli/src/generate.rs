@@ -232,35 +232,38 @@ pub fn run(args: Args) -> Result<()> {
 /// CLIP reads 77 tokens: says which prompts lose their last words (once per prompt).
 fn warn_long_prompts(sd: &StableDiffusion, jobs: &[Job]) -> Result<()> {
     let Some(tokenizer) = sd.text.first().and_then(|e| e.tokenizer.as_ref()) else { return Ok(()) };
-    let mut seen = std::collections::HashSet::new();
-    for text in jobs.iter().flat_map(|j| [&j.params.prompt, &j.params.negative_prompt]) {
-        if seen.insert(text) {
-            let dropped = tokenizer.dropped_tokens(text)?;
-            if dropped > 0 {
-                eprintln!(
-                    "warning: CLIP reads {} tokens; the last {dropped} of \"{text}\" are ignored",
-                    tokenizer.max_len - 2
-                );
-            }
+    for text in distinct_prompts(jobs) {
+        let dropped = tokenizer.dropped_tokens(text)?;
+        if dropped > 0 {
+            eprintln!(
+                "warning: CLIP reads {} tokens; the last {dropped} of \"{text}\" are ignored",
+                tokenizer.max_len - 2
+            );
         }
     }
     Ok(())
 }
 
+/// The jobs' prompts and negative prompts, each once, in order.
+fn distinct_prompts(jobs: &[Job]) -> Vec<&str> {
+    let mut seen = std::collections::HashSet::new();
+    jobs.iter()
+        .flat_map(|j| [j.params.prompt.as_str(), j.params.negative_prompt.as_str()])
+        .filter(|text| seen.insert(*text))
+        .collect()
+}
+
 /// A word the bundled model's tokenizer does not know is read as `[UNK]`, which the model
 /// never learned to draw: say which, once per prompt.
 fn warn_unknown_words(tiny: &TinyShapes, jobs: &[Job]) -> Result<()> {
-    let mut seen = std::collections::HashSet::new();
-    for text in jobs.iter().flat_map(|j| [&j.params.prompt, &j.params.negative_prompt]) {
-        if seen.insert(text) {
-            let unknown = stride_models::tiny_shapes::tokenizer::unknown_words(&tiny.tokenizer, text)?;
-            if !unknown.is_empty() {
-                eprintln!(
-                    "warning: tiny-shapes does not know {} in \"{text}\" (it knows: {})",
-                    unknown.iter().map(|w| format!("\"{w}\"")).collect::<Vec<_>>().join(", "),
-                    stride_shapes::VOCABULARY.join(" ")
-                );
-            }
+    for text in distinct_prompts(jobs) {
+        let unknown = stride_models::tiny_shapes::tokenizer::unknown_words(&tiny.tokenizer, text)?;
+        if !unknown.is_empty() {
+            eprintln!(
+                "warning: tiny-shapes does not know {} in \"{text}\" (it knows: {})",
+                unknown.iter().map(|w| format!("\"{w}\"")).collect::<Vec<_>>().join(", "),
+                stride_shapes::VOCABULARY.join(" ")
+            );
         }
     }
     Ok(())

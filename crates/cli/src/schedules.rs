@@ -128,7 +128,7 @@ pub fn shipped(model_dir: &Path, solver: &str, steps: usize) -> Result<PathBuf> 
     }
     bail!(
         "--scheduler distilled: no schedule for {solver} in {} (distill one with `stride distill --model {} \
-             --solver {solver}`, or pass --schedule FILE)",
+         --solver {solver}`, or pass --schedule FILE)",
         dir.display(),
         model_dir.display()
     )

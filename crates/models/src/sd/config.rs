@@ -259,12 +259,10 @@ impl VaeJson {
     /// Pixels per latent element along each side: 2 per level after the first (8 for every
     /// released SD VAE).
     pub fn downscale(&self) -> Result<usize, String> {
-        let levels = self.block_out_channels.len();
-        levels
-            .checked_sub(1)
-            .and_then(|halvings| 1usize.checked_shl(halvings as u32))
-            .filter(|_| levels <= 16)
-            .ok_or_else(|| format!("{levels} levels in block_out_channels: expected 1 to 16"))
+        match self.block_out_channels.len() {
+            levels @ 1..=16 => Ok(1 << (levels - 1)),
+            levels => Err(format!("{levels} levels in block_out_channels: expected 1 to 16")),
+        }
     }
 }
 
