@@ -6,7 +6,9 @@
 # without the weights, which `train-base --resume --export` rebuilds from the checkpoint) and log.txt.
 #
 #   TRAIN_UNTIL=seconds after start when training stops (default 300); BATCH, LR as below;
-#   RESUME_FROM=folder with checkpoint.json and checkpoint.safetensors.gz continues that run.
+#   RESUME_FROM=folder with checkpoint.json and checkpoint.safetensors.gz continues that run;
+#   CONFIG=a TrainConfig JSON for a new run, INIT=a model folder it starts from (a fine-tune),
+#   BASELINE=a model folder evaluated last, as the stages' yardstick (e.g. INIT).
 #
 # The two calls of 2026-11-27 (README, "How the shipped weights were made"), carrying .gpu and
 # runs/gpuup (the CPU run's checkpoint at step 13604, gzipped to fit the 64 MiB upload):
@@ -14,6 +16,19 @@
 #   RESUME_FROM=runs/gpuup TRAIN_UNTIL=195 DEADLINE=250 bash scripts/gpu-pipeline.sh # the shipped run
 # (The first call's probe timed the kernels' start-up too, so it planned 1200 steps and
 # finished at 199 s; the probe now times its second half only.)
+#
+# The two calls of 2026-11-28 on an H200 (README, "The next weights"), carrying .gpu and runs/gpu
+# (ft.json; init/ = the EMA export of the CPU run at step 13384, with heldout_prompts.txt):
+#   CONFIG=runs/gpu/ft.json INIT=runs/gpu/init BASELINE=runs/gpu/init BATCH=256 LR=5e-4 PROBE=100 \
+#     TRAIN_UNTIL=370 DEADLINE=565 bash scripts/gpu-pipeline.sh     # 4.98 steps/s: steps 0-1600
+# The second call landed on the still-warm machine, whose /tmp/run held the first call's run: its
+# probe failed, and the training resumed that run with --steps 26000 (steps 1600-2928, learning
+# rate near the peak again). It measured better than step 1600, and is the candidate. A run now
+# starts from empty folders.
+#
+# ../shared/gpu/build-cuda.sh as of 2026-11-28 also needs two wheels it does not install
+# (candle-kernels includes <nv/target>; stride links libnvrtc), unzipped into its CU_HOME:
+#   nvidia-cuda-cccl==13.0.85 and nvidia-cuda-nvrtc==13.0.88 (then ln -s libnvrtc.so.13 libnvrtc.so).
 set -u
 T0=$(date +%s)
 elapsed() { echo $(( $(date +%s) - T0 )); }
@@ -24,12 +39,14 @@ LR=${LR:-1e-3}
 PROBE=${PROBE:-200}   # inside the linear warm-up, whose learning rate does not depend on the total
 R=${RUN:-/tmp/run}
 M=${MODEL:-/tmp/model}
+# A call that finds the machine still warm finds the last call's /tmp too.
+rm -rf "$R" "$M"
 
 DEV=${DEV:-cuda}
 S=${STRIDE:-.gpu/stride}
 if [ "$DEV" = cuda ]; then
   # PyTorch's CUDA 13 libraries (the machine has no CUDA toolkit of its own).
-  libs=$(find /opt /usr/local /usr/lib \( -name libcublas.so.13 -o -name libcurand.so.10 -o -name libcudart.so.13 \) \
+  libs=$(find /opt /usr/local /usr/lib \( -name libcublas.so.13 -o -name libcurand.so.10 -o -name libcudart.so.13 -o -name libnvrtc.so.13 \) \
     2>/dev/null | xargs -r -n1 dirname | sort -u | paste -sd:)
   export LD_LIBRARY_PATH=$libs
   gunzip -kf .gpu/stride.gz && chmod +x .gpu/stride
@@ -53,8 +70,9 @@ else
   # Time the probe's second half only: the first steps load and compile the kernels.
   log "probe: $PROBE steps at batch $BATCH"
   $S train-base --out $R --device $DEV --batch-size "$BATCH" --lr "$LR" --steps 20 \
-    --checkpoint-minutes 100 2>&1 | tail -2 >> "$OUT/log.txt"
-  [ -f $R/checkpoint.json ] || { log "the probe run failed"; exit 1; }
+    ${CONFIG:+--config "$CONFIG"} ${INIT:+--init "$INIT"} --checkpoint-minutes 100 > $R.log 2>&1 \
+    || { tail -3 $R.log >> "$OUT/log.txt"; log "the probe run failed"; exit 1; }
+  tail -2 $R.log >> "$OUT/log.txt"
   p0=$(date +%s.%N)
   $S train-base --out $R --resume --steps $PROBE --device $DEV --checkpoint-minutes 100 --quiet
   p1=$(date +%s.%N)
@@ -79,18 +97,27 @@ stage() {  # stage SECONDS NAME COMMAND...
   local limit=$1 name=$2; shift 2
   if [ "$limit" -lt 5 ]; then log "$name: no time left"; return; fi
   log "$name"
-  timeout "$limit" "$@" > "$M/$name.txt" 2>&1
+  timeout -k 20 "$limit" "$@" > "$M/$name.txt" 2>&1
   log "$name: exit $?"
   tail -c 3000 "$M/$name.txt" | tr '\r' '\n' | tail -25 >> "$OUT/log.txt"
   save_results
 }
 left() { echo $(( ${DEADLINE:-560} - $(elapsed) )); }
-pl=${POLICY_LIMIT:-100}; [ "$(left)" -lt "$pl" ] && pl=$(left)
-stage "$pl" policy $S train-policy --model $M --batch 128 --device $DEV --quiet
-stage "$(( $(left) / 3 ))" distill $S distill --model $M --samples 32 --batch 32 --device $DEV --quiet
-stage "$(( $(left) / 3 ))" policy-distilled $S train-policy --model $M --scheduler distilled \
+# The remake script's stages (scripts/remake-after-retrain.sh), most wanted first. The distill
+# and train-policy jobs resume on the CPU from the work/ folders in results.tar, given the same
+# --batch.
+stage "$(( $(left) / 6 ))" eval $S eval --model $M --batch-size 250 --grid $M/grid.png --device $DEV
+stage "$(( $(left) / 6 ))" probe $S eval --model $M --prompts docs/probe_single_object.txt --steps 30 \
+  --batch-size 72 --device $DEV
+stage "$(( $(left) / 4 ))" policy $S train-policy --model $M --batch 128 --device $DEV --quiet
+stage "$(( $(left) / 3 ))" distill $S distill --model $M --samples 16 --batch 32 --device $DEV --quiet
+stage "$(( $(left) / 4 ))" policy-distilled $S train-policy --model $M --scheduler distilled \
   --options 5,8,10,15,20 --out $M/policy-distilled --batch 128 --device $DEV --quiet
-stage "$(( $(left) / 2 ))" eval $S eval --model $M --batch-size 250 --grid $M/grid.png --device $DEV
-stage "$(( $(left) - 5 ))" eval-policy $S eval policy --model $M --batch-size 200 \
+stage "$(( $(left) / 3 ))" exact $S distill --model $M --samples 16 --batch 32 --solver euler \
+  --method exact --device $DEV --quiet
+stage "$(( $(left) / 2 ))" eval-policy $S eval policy --model $M --batch-size 200 \
   --plot $M/eval_policy.svg --device $DEV --write
+if [ -n "${BASELINE:-}" ]; then
+  stage "$(( $(left) - 5 ))" baseline $S eval --model "$BASELINE" --batch-size 250 --steps 50 --device $DEV
+fi
 log done

@@ -5,6 +5,8 @@
 #
 #   bash scripts/remake-after-retrain.sh            # every stage
 #   bash scripts/remake-after-retrain.sh policy     # from the named stage on
+#   MODEL_DIR=models/tiny-shapes/next bash scripts/remake-after-retrain.sh eval   # a candidate
+#     (its grid goes into its folder; bench-adaptive, which measures the bundled model, is skipped)
 #
 # The distill and train-policy stages are resumable jobs: after a kill or Ctrl-C, run the script
 # again from that stage and they continue from their work/ folders. Outputs made from the old
@@ -14,8 +16,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=${STRIDE:-target/release/stride}
-M=models/tiny-shapes
-LOGS=runs/remake
+M=${MODEL_DIR:-models/tiny-shapes}
+LOGS=${LOGS:-runs/remake}
+GRID=assets/tiny_shapes_grid.png
+[ "$M" = models/tiny-shapes ] || GRID=$M/grid.png
 mkdir -p "$LOGS"
 cargo build --release -p stride-cli
 
@@ -33,20 +37,21 @@ run() {  # run STAGE COMMAND...: runs once the named starting stage is reached, 
 
 run fresh rm -rf "$M/schedules" "$M/policy" "$M/policy-distilled"
 # 500 held-out prompts at 50, 20, 10 and 5 steps, and the README's grid (~25 min).
-run eval "$S" eval --grid assets/tiny_shapes_grid.png
+run eval "$S" eval --model "$M" --grid "$GRID"
 # OSS schedules for dpmpp_2m and euler at NFE 5, 8, 10, 15, 20 (~40 min).
-run distill "$S" distill --samples 16
+run distill "$S" distill --model "$M" --samples 16
 # Exact-DP euler schedules (~15 min).
-run exact "$S" distill --samples 16 --solver euler --method exact
+run exact "$S" distill --model "$M" --samples 16 --solver euler --method exact
 # Reward table and policy over uniform schedules (~60 min), then over the distilled ones (~20 min).
-run policy "$S" train-policy
-run policy-distilled "$S" train-policy --scheduler distilled --options 5,8,10,15,20 \
+run policy "$S" train-policy --model "$M"
+run policy-distilled "$S" train-policy --model "$M" --scheduler distilled --options 5,8,10,15,20 \
   --out "$M/policy-distilled"
 # The policies against fixed counts on 200 held-out prompts, stored in policy.json (~15 min).
-run eval-policy "$S" eval policy --write
+run eval-policy "$S" eval policy --model "$M" --write
 # Hand-designed against distilled schedules on 64 held-out prompts (~10 min; one thread, as the
 # README's timing column was measured).
-run eval-schedules env CANDLE_NUM_THREADS=1 "$S" eval schedules --limit 64
+run eval-schedules env CANDLE_NUM_THREADS=1 "$S" eval schedules --model "$M" --limit 64
 # The README's adaptive-solver table and assets/bench_adaptive_*.svg: the mixture rows do not
 # depend on the weights, the tiny-shapes rows do (~20 min; one thread, as measured before).
+[ "$M" = models/tiny-shapes ] || exit 0
 run bench-adaptive env CANDLE_NUM_THREADS=1 "$S" bench adaptive --model-samples 32
