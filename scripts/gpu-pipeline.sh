@@ -107,7 +107,7 @@ left() { echo $(( ${DEADLINE:-560} - $(elapsed) )); }
 # and train-policy jobs resume on the CPU from the work/ folders in results.tar, given the same
 # --batch.
 stage "$(( $(left) / 6 ))" eval $S eval --model $M --batch-size 250 --grid $M/grid.png --device $DEV
-stage "$(( $(left) / 6 ))" probe $S eval --model $M --prompts docs/probe_single_object.txt --steps 30 \
+stage "$(( $(left) / 6 ))" probe-set $S eval --model $M --prompts docs/probe_single_object.txt --steps 30 \
   --batch-size 72 --device $DEV
 stage "$(( $(left) / 4 ))" policy $S train-policy --model $M --batch 128 --device $DEV --quiet
 stage "$(( $(left) / 3 ))" distill $S distill --model $M --samples 16 --batch 32 --device $DEV --quiet
