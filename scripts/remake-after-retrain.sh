@@ -36,13 +36,14 @@ run() {  # run STAGE COMMAND...: runs once the named starting stage is reached, 
 }
 
 run fresh rm -rf "$M/schedules" "$M/policy" "$M/policy-distilled"
-# 500 held-out prompts at 50, 20, 10 and 5 steps, and the README's grid (~25 min).
+# 500 held-out prompts at 50, 20, 10 and 5 steps, and the README's grid (~25 min; 16 for next/).
 run eval "$S" eval --model "$M" --grid "$GRID"
-# OSS schedules for dpmpp_2m and euler at NFE 5, 8, 10, 15, 20 (~40 min).
+# OSS schedules for dpmpp_2m and euler at NFE 5, 8, 10, 15, 20 (~40 min; 58 for next/).
 run distill "$S" distill --model "$M" --samples 16
-# Exact-DP euler schedules (~15 min).
+# Exact-DP euler schedules (~15 min; 2 for next/).
 run exact "$S" distill --model "$M" --samples 16 --solver euler --method exact
-# Reward table and policy over uniform schedules (~60 min), then over the distilled ones (~20 min).
+# Reward table and policy over uniform schedules (~60 min; next/: a block of 16 a minute, 64
+# blocks), then over the distilled ones (~20 min).
 run policy "$S" train-policy --model "$M"
 run policy-distilled "$S" train-policy --model "$M" --scheduler distilled --options 5,8,10,15,20 \
   --out "$M/policy-distilled"
