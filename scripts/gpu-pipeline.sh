@@ -104,16 +104,17 @@ stage() {  # stage SECONDS NAME COMMAND...
 }
 left() { echo $(( ${DEADLINE:-560} - $(elapsed) )); }
 # The remake script's stages (scripts/remake-after-retrain.sh), most wanted first. The distill
-# and train-policy jobs resume on the CPU from the work/ folders in results.tar, given the same
-# --batch.
+# and train-policy jobs resume from work/ folders only under the same --batch, so the defaults
+# are the remake script's (the CPU's): either machine continues the other's table.
+PB=${POLICY_BATCH:-16} DB=${DISTILL_BATCH:-8}
 stage "$(( $(left) / 6 ))" eval $S eval --model $M --batch-size 250 --grid $M/grid.png --device $DEV
 stage "$(( $(left) / 6 ))" probe-set $S eval --model $M --prompts docs/probe_single_object.txt --steps 30 \
   --batch-size 72 --device $DEV
-stage "$(( $(left) / 4 ))" policy $S train-policy --model $M --batch 128 --device $DEV --quiet
-stage "$(( $(left) / 3 ))" distill $S distill --model $M --samples 16 --batch 32 --device $DEV --quiet
+stage "$(( $(left) / 4 ))" policy $S train-policy --model $M --batch $PB --device $DEV --quiet
+stage "$(( $(left) / 3 ))" distill $S distill --model $M --samples 16 --batch $DB --device $DEV --quiet
 stage "$(( $(left) / 4 ))" policy-distilled $S train-policy --model $M --scheduler distilled \
-  --options 5,8,10,15,20 --out $M/policy-distilled --batch 128 --device $DEV --quiet
-stage "$(( $(left) / 3 ))" exact $S distill --model $M --samples 16 --batch 32 --solver euler \
+  --options 5,8,10,15,20 --out $M/policy-distilled --batch $PB --device $DEV --quiet
+stage "$(( $(left) / 3 ))" exact $S distill --model $M --samples 16 --batch $DB --solver euler \
   --method exact --device $DEV --quiet
 stage "$(( $(left) / 2 ))" eval-policy $S eval policy --model $M --batch-size 200 \
   --plot $M/eval_policy.svg --device $DEV --write
