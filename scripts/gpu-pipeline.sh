@@ -10,21 +10,25 @@
 #   CONFIG=a TrainConfig JSON for a new run, INIT=a model folder it starts from (a fine-tune),
 #   BASELINE=a model folder evaluated last, as the stages' yardstick (e.g. INIT).
 #
-# The two calls of 2026-11-27 (README, "How the shipped weights were made"), carrying .gpu and
-# runs/gpuup (the CPU run's checkpoint at step 13604, gzipped to fit the 64 MiB upload):
+# The two calls of 2026-11-27 that finished the first weights (A; README, "The first weights"),
+# carrying .gpu and runs/gpuup (the CPU run's checkpoint at step 13604, gzipped to fit the 64 MiB
+# upload):
 #   TRAIN_UNTIL=300 DEADLINE=555 bash scripts/gpu-pipeline.sh                        # fresh, batch 256
 #   RESUME_FROM=runs/gpuup TRAIN_UNTIL=195 DEADLINE=250 bash scripts/gpu-pipeline.sh # the shipped run
 # (The first call's probe timed the kernels' start-up too, so it planned 1200 steps and
 # finished at 199 s; the probe now times its second half only.)
 #
-# The two calls of 2026-11-28 on an H200 (README, "The next weights"), carrying .gpu and runs/gpu
-# (ft.json; init/ = the EMA export of the CPU run at step 13384, with heldout_prompts.txt):
+# The two calls of 2026-11-28 on an H200 that made the bundled weights (README, "How the bundled
+# weights were made"), carrying .gpu and runs/gpu (ft.json = models/tiny-shapes/train-finetune.json;
+# init/ = the EMA export of the CPU run at step 13384, with heldout_prompts.txt):
 #   CONFIG=runs/gpu/ft.json INIT=runs/gpu/init BASELINE=runs/gpu/init BATCH=256 LR=5e-4 PROBE=100 \
 #     TRAIN_UNTIL=370 DEADLINE=565 bash scripts/gpu-pipeline.sh     # 4.98 steps/s: steps 0-1600
 # The second call landed on the still-warm machine, whose /tmp/run held the first call's run: its
 # probe failed, and the training resumed that run with --steps 26000 (steps 1600-2928, learning
-# rate near the peak again). It measured better than step 1600, and is the candidate. A run now
-# starts from empty folders.
+# rate near the peak again). It measured better than step 1600, and is the bundled weights. A run
+# now starts from empty folders. More of the same on the bundled weights, carrying .gpu only:
+#   CONFIG=models/tiny-shapes/train-finetune.json INIT=models/tiny-shapes BASELINE=models/tiny-shapes \
+#     BATCH=256 LR=5e-4 PROBE=100 TRAIN_UNTIL=370 DEADLINE=565 bash scripts/gpu-pipeline.sh
 #
 # ../shared/gpu/build-cuda.sh as of 2026-11-28 also needs two wheels it does not install
 # (candle-kernels includes <nv/target>; stride links libnvrtc), unzipped into its CU_HOME:
@@ -103,9 +107,9 @@ stage() {  # stage SECONDS NAME COMMAND...
   save_results
 }
 left() { echo $(( ${DEADLINE:-560} - $(elapsed) )); }
-# The remake script's stages (scripts/remake-after-retrain.sh), most wanted first. The distill
-# and train-policy jobs resume from work/ folders only under the same --batch, so the defaults
-# are the remake script's (the CPU's): either machine continues the other's table.
+# The remake script's stages (scripts/remake-after-retrain.sh), most wanted first, with its
+# --batch defaults, so that a table made here is the CPU's up to float rounding. (The jobs pin
+# the device and the batch in work/job.json: neither machine continues the other's table.)
 PB=${POLICY_BATCH:-16} DB=${DISTILL_BATCH:-8}
 stage "$(( $(left) / 6 ))" eval $S eval --model $M --batch-size 250 --grid $M/grid.png --device $DEV
 stage "$(( $(left) / 6 ))" probe-set $S eval --model $M --prompts docs/probe_single_object.txt --steps 30 \

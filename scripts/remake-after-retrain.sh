@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Everything made from the bundled weights, made again after new weights land in
 # models/tiny-shapes (`stride train-base ... --export models/tiny-shapes`), in the order the
-# README's tables were made. CPU, two cores: about 3 hours in all (times per stage below).
+# README's tables were made. CPU, two cores: about 3.5 hours in all for the bundled weights (times
+# per stage below, measured for them).
 #
 #   bash scripts/remake-after-retrain.sh            # every stage
 #   bash scripts/remake-after-retrain.sh policy     # from the named stage on
-#   MODEL_DIR=models/tiny-shapes/next bash scripts/remake-after-retrain.sh eval   # a candidate
-#     (its grid goes into its folder; bench-adaptive, which measures the bundled model, is skipped)
+#   MODEL_DIR=runs/candidate bash scripts/remake-after-retrain.sh eval   # a candidate model folder
+#     (its grid goes into its folder; bench-adaptive, which measures the bundled model, is skipped;
+#     move its weights, schedules and policies up into models/tiny-shapes in one commit)
 #
 # The distill and train-policy stages are resumable jobs: after a kill or Ctrl-C, run the script
 # again from that stage and they continue from their work/ folders. Outputs made from the old
@@ -36,20 +38,20 @@ run() {  # run STAGE COMMAND...: runs once the named starting stage is reached, 
 }
 
 run fresh rm -rf "$M/schedules" "$M/policy" "$M/policy-distilled"
-# 500 held-out prompts at 50, 20, 10 and 5 steps, and the README's grid (~25 min; 16 for next/).
+# 500 held-out prompts at 50, 20, 10 and 5 steps, and the README's grid (16 min).
 run eval "$S" eval --model "$M" --grid "$GRID"
-# OSS schedules for dpmpp_2m and euler at NFE 5, 8, 10, 15, 20 (~40 min; 58 for next/).
+# OSS schedules for dpmpp_2m and euler at NFE 5, 8, 10, 15, 20 (58 min).
 run distill "$S" distill --model "$M" --samples 16
-# Exact-DP euler schedules (~15 min; 2 for next/).
+# Exact-DP euler schedules (2 min).
 run exact "$S" distill --model "$M" --samples 16 --solver euler --method exact
-# Reward table and policy over uniform schedules (~60 min; next/: a block of 16 a minute, 64
-# blocks), then over the distilled ones (~20 min).
+# Reward table and policy over uniform schedules (about 65 min: 64 blocks of 16 items), then
+# over the distilled ones (19 min).
 run policy "$S" train-policy --model "$M"
 run policy-distilled "$S" train-policy --model "$M" --scheduler distilled --options 5,8,10,15,20 \
   --out "$M/policy-distilled"
-# The policies against fixed counts on 200 held-out prompts, stored in policy.json (~15 min).
+# The policies against fixed counts on 200 held-out prompts, stored in policy.json (20 min).
 run eval-policy "$S" eval policy --model "$M" --write
-# Hand-designed against distilled schedules on 64 held-out prompts (~10 min; one thread, as the
+# Hand-designed against distilled schedules on 64 held-out prompts (16 min; one thread, as the
 # README's timing column was measured).
 run eval-schedules env CANDLE_NUM_THREADS=1 "$S" eval schedules --model "$M" --limit 64
 # The README's adaptive-solver table and assets/bench_adaptive_*.svg: the mixture rows do not

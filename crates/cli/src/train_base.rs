@@ -15,7 +15,7 @@ use crate::device::DeviceArg;
   stride train-base --out runs/tiny-shapes --resume        # continue a killed run exactly
   stride train-base --out runs/smoke --steps 20 --batch-size 8
   stride train-base --out runs/ft --config ft.json --init models/tiny-shapes   # fine-tune the bundled weights
-  stride train-base --out runs/tiny-shapes --stop-at 15264 --export models/tiny-shapes   # the shipped weights
+  stride train-base --out runs/tiny-shapes --stop-at 13384 --export runs/init   # the bundled weights' CPU part
 
 Ctrl-C writes the checkpoint after the step in flight and stops; --resume continues.")]
 pub struct Args {

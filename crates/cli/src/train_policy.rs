@@ -189,10 +189,11 @@ impl TrainingArgs {
     }
 }
 
-/// Everything that determines the table, pinned in `work/job.json`.
+/// Everything that determines the table, pinned in `work/job.json`. The model is named by
+/// its weights' hash, not its folder, so a table follows its weights when they move (tables
+/// written before this kept a `model_dir`, which is ignored).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Manifest {
-    model_dir: PathBuf,
     model_hash: String,
     prompts: Vec<String>,
     seeds: usize,
@@ -278,7 +279,7 @@ pub fn run(args: Args) -> Result<()> {
             let out = out.unwrap_or_else(|| TinyShapes::dir_of(&model).join(stride_policy::MODEL_POLICY_DIR));
             let manifest: Manifest = work(&out).read_manifest()?;
             let done = read_table(&out, &manifest)?;
-            fit_and_save(&out, &manifest, done, &training, &Device::Cpu, false)
+            fit_and_save(&TinyShapes::dir_of(&model), &out, &manifest, done, &training, &Device::Cpu, false)
         }
         None => run_job(args.job),
     }
@@ -309,7 +310,6 @@ fn run_job(args: JobArgs) -> Result<()> {
         .map(|&n| crate::schedules::option_sigmas(&dir, &schedule, &args.sampler, &args.scheduler, n))
         .collect::<Result<_>>()?;
     let manifest = Manifest {
-        model_dir: dir.clone(),
         model_hash: crate::schedules::model_hash(&dir)?,
         prompts,
         seeds: args.seeds,
@@ -360,7 +360,7 @@ fn run_job(args: JobArgs) -> Result<()> {
     if !work.finished(shard, manifest.blocks(), &done) {
         return Ok(());
     }
-    fit_and_save(&out, &manifest, done, &args.training, &device, args.run.quiet)
+    fit_and_save(&dir, &out, &manifest, done, &args.training, &device, args.run.quiet)
 }
 
 /// The training prompts: the file's lines, or distinct training-distribution prompts.
@@ -459,8 +459,10 @@ pub fn text_features(model: &TinyShapes, prompts: &[&str]) -> Result<(Tensor, Te
 
 pub const FEATURES: &str = "tiny-shapes text encoder: per-token outputs and mask";
 
-/// Trains the policy on the finished table and saves it under `out`.
+/// Trains the policy on the finished table and saves it under `out`; `model_dir` must hold the
+/// weights the table was made with (their text features are the policy's input).
 fn fit_and_save(
+    model_dir: &Path,
     out: &Path,
     manifest: &Manifest,
     done: BTreeMap<usize, Vec<Record>>,
@@ -475,13 +477,14 @@ fn fit_and_save(
     let quality = quality(manifest, &records, training.fidelity);
     let rewards: Vec<Vec<f64>> =
         quality.iter().map(|q| reward.rewards(q, &manifest.options)).collect::<candle_core::Result<_>>()?;
-    let model = TinyShapes::load(&manifest.model_dir, device)
-        .with_context(|| format!("loading the model from {}", manifest.model_dir.display()))?;
-    let hash = crate::schedules::model_hash(&manifest.model_dir)?;
+    let model = TinyShapes::load(model_dir, device)
+        .with_context(|| format!("loading the model from {}", model_dir.display()))?;
+    let hash = crate::schedules::model_hash(model_dir)?;
     anyhow::ensure!(
         hash == manifest.model_hash,
-        "{} changed since the table was made ({} then, {hash} now): start a new table",
-        manifest.model_dir.display(),
+        "{} holds other weights ({hash}) than the table was made with ({}): pass the --model it was \
+         made for, or start a new table",
+        model_dir.display(),
         manifest.model_hash
     );
     let texts: Vec<&str> = manifest.prompts.iter().map(String::as_str).collect();

@@ -4,32 +4,23 @@
 //! rather than the plumbing.
 //!
 //! The weights pass these prompts often but not always: at seeds 0-11 (each prompt batched
-//! with itself), "a red circle" passed 10 of 12, "a blue square" 7 and "a large red circle" 8
-//! on the shipped weights, and 11, 9 and 10 on the next ones (`models/tiny-shapes/next`,
-//! measured with `stride eval --model models/tiny-shapes/next --prompts P --steps 30`, P the
-//! prompt 12 times), seed 0 each time. So the test pins a regression of the weights or of the
-//! sampling path, not the model's quality, which `stride eval` measures.
-
-use std::path::Path;
+//! with itself) "a red circle" passed 11 of 12, "a blue square" 9 and "a large red circle" 10
+//! (`stride eval --prompts P --steps 30`, P the prompt 12 times), seed 0 each time. So the
+//! test pins a regression of the weights or of the sampling path, not the model's quality,
+//! which `stride eval` measures.
 
 use candle_core::Device;
+use stride_models::tiny_shapes::net::Config;
+use stride_models::tiny_shapes::train::TrainConfig;
 use stride_models::TinyShapes;
 use stride_shapes::{check, Image32, Request};
 use stride_solvers::{Denoiser, Sampler, Scheduler, TorchNoise};
 
 #[test]
 fn simple_prompts_pass_shapes_eval_at_30_steps() {
-    simple_prompts_pass(&TinyShapes::default_dir());
-}
-
-#[test]
-fn the_next_weights_pass_the_same_prompts() {
-    simple_prompts_pass(&TinyShapes::default_dir().join("next"));
-}
-
-fn simple_prompts_pass(dir: &Path) {
+    let dir = TinyShapes::default_dir();
     let prompts = ["a red circle", "a blue square", "a large red circle"];
-    let model = TinyShapes::load(dir, &Device::Cpu).unwrap();
+    let model = TinyShapes::load(&dir, &Device::Cpu).unwrap();
     let denoiser = model.denoiser(&prompts, 3.0).unwrap();
     let sampler: Sampler = "dpmpp_2m".parse().unwrap();
     let sigmas = "uniform".parse::<Scheduler>().unwrap().sigmas(denoiser.schedule(), 30).unwrap();
@@ -49,4 +40,18 @@ fn simple_prompts_pass(dir: &Path) {
             report.attributes()
         );
     }
+}
+
+/// `stride train-base` without `--config` runs the recipe of the committed weights' CPU part
+/// (`train-cpu-run.json`, written by that run), so the README's command reproduces them.
+#[test]
+fn the_default_recipe_is_the_committed_cpu_run() {
+    let path = TinyShapes::default_dir().join("train-cpu-run.json");
+    let committed: TrainConfig = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(committed, TrainConfig::default(), "{}", path.display());
+    let model_config: Config = serde_json::from_str(
+        &std::fs::read_to_string(TinyShapes::default_dir().join("config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(model_config, TrainConfig::default().model);
 }

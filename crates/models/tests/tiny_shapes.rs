@@ -101,7 +101,7 @@ fn exported_model_loads_and_bad_files_are_clear_errors() {
 
 /// A run with `init` starts from that folder's weights (here: a 3-step run's export, whose
 /// EMA differs from the seeded initialisation), even under another seed and with cross-attention
-/// query positions switched on (they add no parameters); weights of another architecture are
+/// query positions toggled (they add no parameters); weights of another architecture are
 /// refused by name.
 #[test]
 fn a_fine_tune_starts_from_the_init_folders_weights() {
@@ -115,7 +115,7 @@ fn a_fine_tune_starts_from_the_init_folders_weights() {
 
     let mut config = tiny_config(5);
     config.seed = 7;
-    config.model.query_positions = true;
+    config.model.query_positions = !config.model.query_positions;
     config.init = Some(dir.clone());
     let tuned = Trainer::new(config.clone(), &Device::Cpu).unwrap();
     let fresh = Trainer::new(TrainConfig { init: None, ..config.clone() }, &Device::Cpu).unwrap();

@@ -38,7 +38,7 @@ pub struct Config {
     /// queries carried their place only through the learned positions added once at the
     /// bottom (std 0.3 beside features of std 1.5), and its cross-attention learned to give
     /// every token the same text summary: position words changed nothing. Files without the
-    /// field: off.
+    /// field (written before it existed): off.
     #[serde(default)]
     pub query_positions: bool,
 }
@@ -64,15 +64,15 @@ impl Default for Config {
             text_layers: 2,
             text_heads: 4,
             dim: 128,
-            depth: 6,
+            depth: 4,
             heads: 2,
-            patch: 2,
+            patch: 1,
             image_size: 32,
             channels: 3,
             mlp_ratio: 4,
             arch: Arch::Unet,
-            levels: vec![64],
-            query_positions: false,
+            levels: vec![32, 64],
+            query_positions: true,
         }
     }
 }
@@ -541,7 +541,10 @@ impl Blocks {
             blocks: (0..c.depth)
                 .map(|i| Block::new(c, vb.pp(format!("blocks.{i}"))))
                 .collect::<Result<_>>()?,
-            query_positions: c.query_positions.then(|| sincos_2d(side, c.dim, vb.device())).transpose()?,
+            query_positions: c
+                .query_positions
+                .then(|| sincos_2d(side, c.dim, vb.dtype(), vb.device()))
+                .transpose()?,
         })
     }
 
@@ -558,7 +561,7 @@ impl Blocks {
 /// row-major: the first half of the channels codes the row, the second the column, each as
 /// sines and cosines of `dim / 4` frequencies from 1 to 1/10000 radians per token (MAE's
 /// code), scaled by sqrt 2 to unit mean square like the layer-normed features beside it.
-fn sincos_2d(side: usize, dim: usize, device: &candle_core::Device) -> Result<Tensor> {
+fn sincos_2d(side: usize, dim: usize, dtype: DType, device: &candle_core::Device) -> Result<Tensor> {
     let quarter = dim / 4;
     let mut code = Vec::with_capacity(side * side * dim);
     for row in 0..side {
@@ -571,7 +574,7 @@ fn sincos_2d(side: usize, dim: usize, device: &candle_core::Device) -> Result<Te
             }
         }
     }
-    Tensor::from_vec(code, (1, side * side, 4 * quarter), device)
+    Tensor::from_vec(code, (1, side * side, 4 * quarter), device)?.to_dtype(dtype)
 }
 
 enum Body {
@@ -633,7 +636,8 @@ mod tests {
     #[test]
     fn sincos_code_separates_rows_and_columns() -> Result<()> {
         let (side, dim) = (8, 128);
-        let code = sincos_2d(side, dim, &candle_core::Device::Cpu)?.squeeze(0)?.to_vec2::<f32>()?;
+        let code =
+            sincos_2d(side, dim, DType::F32, &candle_core::Device::Cpu)?.squeeze(0)?.to_vec2::<f32>()?;
         let mean_square = code.iter().flatten().map(|v| v * v).sum::<f32>() / (side * side * dim) as f32;
         assert!((mean_square - 1.0).abs() < 1e-5, "mean square {mean_square}");
         let dist = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f32>();

@@ -77,7 +77,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         Self {
             model: Config { vocab_size: stride_shapes::VOCABULARY.len() + 3, ..Config::default() },
-            // ~1.2 s per step on two CPU cores: about five hours, run in resumable chunks.
+            // 1.5 s per step on two CPU cores: about 6.5 hours, run in resumable chunks.
             steps: 16000,
             batch_size: 32,
             lr: 7e-4,
