@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything made from the bundled weights, made again after new weights land in
 # models/tiny-shapes (`stride train-base ... --export models/tiny-shapes`), in the order the
-# README's tables were made. CPU, two cores: about 3.5 hours in all for the bundled weights (times
+# README's tables were made. CPU, two cores: about 4 hours in all for the bundled weights (times
 # per stage below, measured for them).
 #
 #   bash scripts/remake-after-retrain.sh            # every stage
@@ -55,6 +55,6 @@ run eval-policy "$S" eval policy --model "$M" --write
 # README's timing column was measured).
 run eval-schedules env CANDLE_NUM_THREADS=1 "$S" eval schedules --model "$M" --limit 64
 # The README's adaptive-solver table and assets/bench_adaptive_*.svg: the mixture rows do not
-# depend on the weights, the tiny-shapes rows do (~20 min; one thread, as measured before).
+# depend on the weights, the tiny-shapes rows do (28 min; one thread, as measured before).
 [ "$M" = models/tiny-shapes ] || exit 0
 run bench-adaptive env CANDLE_NUM_THREADS=1 "$S" bench adaptive --model-samples 32
