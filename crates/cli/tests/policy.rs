@@ -1,6 +1,7 @@
 //! `stride train-policy` and `generate --steps auto` end to end on a tiny random model: the
 //! reward-table job shards and merges to the same policy as one run, resumes without redoing
-//! finished blocks, the policy file is validated on load, and --steps auto records its choice.
+//! finished blocks, refits from any folder holding the table's weights, the policy file is
+//! validated on load, and --steps auto records its choice.
 
 mod common;
 
@@ -46,6 +47,27 @@ fn shards_merge_to_the_single_run_policy_and_resume_skips_done_blocks() {
     ok(train_policy(&sharded, &["--shard", "1/2"]));
     let weights = |dir: &Path| std::fs::read(dir.join("policy.safetensors")).unwrap();
     assert_eq!(weights(&single), weights(&sharded), "shards + merge = one run, bit for bit");
+
+    // The table names its model by hash, not folder: it refits from a copy of the model
+    // folder, and a folder with other weights (the bundled model, merge's default) is refused.
+    let copy = root.join("model-copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    for file in ["config.json", "tokenizer.json", "model.safetensors"] {
+        std::fs::copy(model().join(file), copy.join(file)).unwrap();
+    }
+    let merge = |extra: &[&Path]| {
+        let mut command = stride();
+        command.args(["train-policy", "merge", "--updates", "30", "--out"]).arg(&sharded);
+        for path in extra {
+            command.arg("--model").arg(path);
+        }
+        command.output().unwrap()
+    };
+    let other = merge(&[]);
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert!(!other.status.success() && stderr.contains("pass the --model it was made for"), "{stderr}");
+    ok(merge(&[&copy]));
+    assert_eq!(weights(&single), weights(&sharded), "refitted from the copied model folder");
 
     // Run again: every block is done, the policy is retrained from the cached table.
     let again = ok(train_policy(&single, &[]));
