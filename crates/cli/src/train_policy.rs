@@ -276,10 +276,11 @@ fn read_table(out: &Path, manifest: &Manifest) -> Result<BTreeMap<usize, Vec<Rec
 pub fn run(args: Args) -> Result<()> {
     match args.command {
         Some(PolicyCommand::Merge { out, model, training }) => {
-            let out = out.unwrap_or_else(|| TinyShapes::dir_of(&model).join(stride_policy::MODEL_POLICY_DIR));
+            let dir = TinyShapes::dir_of(&model);
+            let out = out.unwrap_or_else(|| dir.join(stride_policy::MODEL_POLICY_DIR));
             let manifest: Manifest = work(&out).read_manifest()?;
             let done = read_table(&out, &manifest)?;
-            fit_and_save(&TinyShapes::dir_of(&model), &out, &manifest, done, &training, &Device::Cpu, false)
+            fit_and_save(&dir, &out, &manifest, done, &training, &Device::Cpu, false)
         }
         None => run_job(args.job),
     }

@@ -46,12 +46,11 @@ fn simple_prompts_pass_shapes_eval_at_30_steps() {
 /// (`train-cpu-run.json`, written by that run), so the README's command reproduces them.
 #[test]
 fn the_default_recipe_is_the_committed_cpu_run() {
-    let path = TinyShapes::default_dir().join("train-cpu-run.json");
-    let committed: TrainConfig = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    assert_eq!(committed, TrainConfig::default(), "{}", path.display());
-    let model_config: Config = serde_json::from_str(
-        &std::fs::read_to_string(TinyShapes::default_dir().join("config.json")).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(model_config, TrainConfig::default().model);
+    let dir = TinyShapes::default_dir();
+    let read = |file: &str| std::fs::read_to_string(dir.join(file)).unwrap();
+    let recipe = TrainConfig::default();
+    let committed: TrainConfig = serde_json::from_str(&read("train-cpu-run.json")).unwrap();
+    assert_eq!(committed, recipe, "train-cpu-run.json is not TrainConfig::default()");
+    let model_config: Config = serde_json::from_str(&read("config.json")).unwrap();
+    assert_eq!(model_config, recipe.model, "config.json is not the default recipe's model");
 }
