@@ -6,7 +6,9 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use stride_models::TinyShapes;
-use stride_shapes::{check, is_heldout_in_every_order, Attribute, Image32, Prompt, World};
+use stride_shapes::{
+    check, is_heldout_in_every_order, perceive, Attribute, Image32, Number, Prompt, Shape, Size, World,
+};
 use stride_solvers::{Denoiser, Sampler, Scheduler, TorchNoise};
 
 use crate::device::DeviceArg;
@@ -50,6 +52,10 @@ pub struct Args {
     /// assets/tiny_shapes_grid.png).
     #[arg(long)]
     grid: Option<PathBuf>,
+    /// Also print, for the single-object prompts that name a shape, the shape the checker read,
+    /// by the size drawn: which shapes the model confuses, and at which size.
+    #[arg(long)]
+    shape_confusion: bool,
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
 }
@@ -160,6 +166,9 @@ pub fn run(args: Args) -> Result<()> {
             println!("grid: {}", grid.display());
         }
         report(steps, &prompts, &images);
+        if args.shape_confusion {
+            print!("{}", ShapeConfusion::count(&prompts, &images));
+        }
     }
     Ok(())
 }
@@ -220,8 +229,7 @@ fn report(steps: usize, prompts: &[Prompt], images: &[Image32]) {
         let report = check(&prompt.request, image);
         let ok = report.passed();
         passed += usize::from(ok);
-        let one_object =
-            prompt.request.phrases.len() == 1 && prompt.request.phrases[0].number == stride_shapes::Number::A;
+        let one_object = prompt.request.phrases.len() == 1 && prompt.request.phrases[0].number == Number::A;
         if one_object {
             single += 1;
             single_passed += usize::from(ok);
@@ -258,6 +266,68 @@ fn report(steps: usize, prompts: &[Prompt], images: &[Image32]) {
     }
 }
 
+/// On the single-object prompts that name a shape, which shape the checker read, by shape
+/// asked and size drawn.
+#[derive(Debug, Default, PartialEq)]
+struct ShapeConfusion {
+    /// `counts[asked][size drawn][read]`, `read` a shape's index or `NONE`: no object of the
+    /// asked colour, counted under the size asked (small when the prompt leaves it free).
+    counts: [[[usize; Shape::ALL.len() + 1]; 2]; Shape::ALL.len()],
+}
+
+impl ShapeConfusion {
+    const NONE: usize = Shape::ALL.len();
+
+    fn count(prompts: &[Prompt], images: &[Image32]) -> Self {
+        let mut confusion = Self::default();
+        for (prompt, image) in prompts.iter().zip(images) {
+            let [phrase] = prompt.request.phrases.as_slice() else { continue };
+            let (Number::A, Some(asked)) = (phrase.number, phrase.shape) else { continue };
+            let seen = perceive(image);
+            // The largest object of the asked colour stands for the phrase.
+            let read = seen
+                .objects
+                .iter()
+                .filter(|s| phrase.color.is_none_or(|c| s.object.color == c))
+                .max_by_key(|s| s.area);
+            let (size, column) = match read {
+                Some(s) => (s.object.size, s.object.shape as usize),
+                None => (phrase.size.unwrap_or(Size::Small), Self::NONE),
+            };
+            confusion.counts[asked as usize][size as usize][column] += 1;
+        }
+        confusion
+    }
+}
+
+impl std::fmt::Display for ShapeConfusion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "  shape read on single-object prompts naming one, by size drawn (none: no object of the colour)"
+        )?;
+        write!(f, "  {:<9} {:<6} {:>4}", "asked", "size", "n")?;
+        for name in Shape::ALL.iter().map(|s| s.name()).chain(["none"]) {
+            write!(f, "{name:>9}")?;
+        }
+        writeln!(f)?;
+        for asked in Shape::ALL {
+            for size in [Size::Small, Size::Large] {
+                let row = &self.counts[asked as usize][size as usize];
+                let n: usize = row.iter().sum();
+                if n > 0 {
+                    write!(f, "  {:<9} {:<6} {n:>4}", asked.name(), size.name())?;
+                    for c in row {
+                        write!(f, "{c:>9}")?;
+                    }
+                    writeln!(f)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Writes images as an 8-wide grid, each scaled 4x (nearest), as PNG.
 pub fn write_grid(path: &Path, images: &[Image32]) -> Result<()> {
     let (cols, scale, side) = (8usize, 4usize, stride_shapes::SIDE);
@@ -284,4 +354,45 @@ pub fn write_grid(path: &Path, images: &[Image32]) -> Result<()> {
     encoder.set_depth(png::BitDepth::Eight);
     encoder.write_header()?.write_image_data(&rgb)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Clean renders of single-object scenes are read as drawn: every count lands on the
+    /// diagonal, under the size rendered; a blank image lands under "none".
+    #[test]
+    fn shape_confusion_of_clean_scenes_is_diagonal() {
+        let world = World::new(3);
+        let samples: Vec<_> = world
+            .samples(0)
+            .filter(|s| {
+                let p = &s.prompt.request.phrases;
+                p.len() == 1 && p[0].number == Number::A && p[0].shape.is_some() && s.scene.objects.len() == 1
+            })
+            .take(200)
+            .collect();
+        let prompts: Vec<Prompt> = samples.iter().map(|s| s.prompt.clone()).collect();
+        let images: Vec<Image32> = samples.iter().map(|s| stride_shapes::render(&s.scene)).collect();
+        let confusion = ShapeConfusion::count(&prompts, &images);
+        let mut expected = ShapeConfusion::default();
+        for s in &samples {
+            let o = s.scene.objects[0];
+            expected.counts[o.shape as usize][o.size as usize][o.shape as usize] += 1;
+        }
+        assert_eq!(confusion, expected);
+        // Every shape and size is in the sample, so the test covers the whole table.
+        assert!(expected.counts.iter().flatten().all(|row| row.iter().sum::<usize>() > 0));
+
+        let blank = vec![Image32::filled(stride_shapes::Color::ALL[0]); prompts.len()];
+        let none = ShapeConfusion::count(&prompts, &blank);
+        let found: usize =
+            none.counts.iter().flatten().map(|row| row[..ShapeConfusion::NONE].iter().sum::<usize>()).sum();
+        assert_eq!(found, 0);
+        assert_eq!(
+            none.counts.iter().flatten().map(|row| row[ShapeConfusion::NONE]).sum::<usize>(),
+            prompts.len()
+        );
+    }
 }
