@@ -18,6 +18,7 @@ use crate::device::DeviceArg;
   stride eval                                   # 500 held-out prompts at 50, 20, 10 and 5 steps
   stride eval --grid assets/tiny_shapes_grid.png   # and the README's sample grid
   stride eval --steps 50 --limit 100            # a quicker look
+  stride eval --steps 50 --shape-confusion      # and which shape the model drew for which, by size
   stride eval --write-heldout models/tiny-shapes/heldout_prompts.txt
   stride eval schedules                         # hand-designed vs distilled step schedules
   stride eval policy                            # the step policy against fixed step counts")]
