@@ -160,9 +160,12 @@ fn conv_ops(b: usize, side: usize, c: usize) -> candle_core::Result<()> {
     time("mm dW^T cols^T(strided) x g", 3, || cols_t.t().unwrap().matmul(&g).unwrap());
     fwd_bwd("silu", &x, |x| x.silu());
     fwd_bwd("layer_norm", &x, |x| ops::layer_norm(&x.reshape((b, side * side, c))?));
-    fwd_bwd("conv3x3 (im2col + matmul)", &x, |x| {
-        ops::im2col3x3(x)?.reshape((b * side * side, 9 * c))?.matmul(&w.t()?)
+    let bias = Var::from_tensor(&Tensor::zeros(c, DType::F32, &dev)?)?;
+    fwd_bwd("conv3x3 (im2col + matmul + bias, composed)", &x, |x| {
+        let cols = ops::im2col3x3(x)?.reshape((b * side * side, 9 * c))?;
+        ops::add_bias(&cols.matmul(&w.t()?)?, bias.as_tensor())
     });
+    fwd_bwd("conv3x3 (ops::conv3x3, one graph node)", &x, |x| ops::conv3x3(x, &w, bias.as_tensor()));
     let wc = Tensor::randn(0f32, 0.05, (c, c, 3, 3), &dev)?;
     let xc = Var::from_tensor(&Tensor::randn(0f32, 1., (b, c, side, side), &dev)?)?;
     fwd_bwd("candle conv2d", &xc, |x| x.conv2d(&wc, 1, 1, 1, 1));

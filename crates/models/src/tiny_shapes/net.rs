@@ -130,6 +130,11 @@ impl Linear {
         }
         y.reshape(dims)
     }
+
+    /// As a 3x3 convolution of NHWC `x` (`[Cout, 9 Cin]` weights over [`ops::im2col3x3`]'s taps).
+    fn conv3x3(&self, x: &Tensor) -> Result<Tensor> {
+        ops::conv3x3(x, &self.weight, &self.bias)
+    }
 }
 
 /// candle_nn's linear initialisation: Kaiming weights, uniform(+-1/sqrt(in)) bias.
@@ -424,9 +429,9 @@ impl ResBlock {
         let (shift1, scale1) = (part(0, cin)?, part(cin, cin)?);
         let (shift2, scale2) = (part(2 * cin, cout)?, part(2 * cin + cout, cout)?);
         let y = ops::silu(&ops::ln_modulate(&x.reshape((b, h * w, cin))?, &shift1, &scale1)?)?;
-        let y = self.conv1.forward(&ops::im2col3x3(&y.reshape((b, h, w, cin))?)?)?;
+        let y = self.conv1.conv3x3(&y.reshape((b, h, w, cin))?)?;
         let y = ops::silu(&ops::ln_modulate(&y.reshape((b, h * w, cout))?, &shift2, &scale2)?)?;
-        let y = self.conv2.forward(&ops::im2col3x3(&y.reshape((b, h, w, cout))?)?)?;
+        let y = self.conv2.conv3x3(&y.reshape((b, h, w, cout))?)?;
         match &self.skip {
             Some(skip) => skip.forward(x)? + y,
             None => x + y,

