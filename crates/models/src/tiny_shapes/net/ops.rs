@@ -492,11 +492,7 @@ impl CustomOp2 for AddBias {
             candle_core::bail!("add_bias: bias of {c} values for rows of {:?}", l1.dims());
         }
         let mut out = x.to_vec();
-        par_items(&mut out, c, |_, out| {
-            for row in out.chunks_mut(c) {
-                row.iter_mut().zip(b).for_each(|(o, b)| *o += b);
-            }
-        });
+        add_to_rows(&mut out, b);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -511,6 +507,16 @@ impl CustomOp2 for AddBias {
         let db = grad.contiguous()?.apply_op1_no_bwd(&ColumnSum(c))?;
         Ok((Some(grad.clone()), Some(db.reshape(bias.shape())?)))
     }
+}
+
+/// Adds `bias` to every row of `out` (rows of `bias.len()` values).
+fn add_to_rows(out: &mut [f32], bias: &[f32]) {
+    let c = bias.len();
+    par_items(out, c, |_, out| {
+        for row in out.chunks_mut(c) {
+            row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
+        }
+    });
 }
 
 /// Sums the rows of a `[R, C]` matrix: partial sums over fixed blocks of rows (in parallel),
@@ -797,13 +803,7 @@ impl CustomOp3 for Conv3x3 {
         let taps = Tensor::from_vec(gather_taps(contiguous(s1, l1)?, (b, h, w, cin)), (b * h * w, k), &cpu)?;
         let weight = Tensor::from_slice(contiguous(s2, l2)?, (cout, k), &cpu)?;
         let mut y = taps.matmul(&weight.t()?)?.flatten_all()?.to_vec1::<f32>()?;
-        let bias = contiguous(s3, l3)?;
-        // As [`AddBias`] adds it.
-        par_items(&mut y, cout, |_, y| {
-            for row in y.chunks_mut(cout) {
-                row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
-            }
-        });
+        add_to_rows(&mut y, contiguous(s3, l3)?);
         *self.taps.lock().map_err(|_| candle_core::Error::Msg("conv3x3: poisoned lock".into()))? = Some(taps);
         Ok((CpuStorage::F32(y), Shape::from((b, h, w, cout))))
     }
