@@ -26,8 +26,10 @@
 # The second call landed on the still-warm machine, whose /tmp/run held the first call's run: its
 # probe failed, and the training resumed that run with --steps 26000 (steps 1600-2928, learning
 # rate near the peak again). It measured better than step 1600, and is the bundled weights. A run
-# now starts from empty folders. More of the same on the bundled weights, carrying .gpu only:
-#   CONFIG=models/tiny-shapes/train-finetune.json INIT=models/tiny-shapes BASELINE=models/tiny-shapes \
+# now starts from empty folders; its cosine ends at the step the probe plans, so the call anneals.
+# The second call did not, and the CPU anneal of its weights (models/tiny-shapes/next, README part
+# 3) passed 0.356 of held-out prompts against 0.236. More of the same from there, carrying .gpu only:
+#   CONFIG=models/tiny-shapes/train-finetune.json INIT=models/tiny-shapes/next BASELINE=models/tiny-shapes/next \
 #     BATCH=256 LR=5e-4 PROBE=100 TRAIN_UNTIL=370 DEADLINE=565 bash scripts/gpu-pipeline.sh
 #
 # ../shared/gpu/build-cuda.sh as of 2026-11-28 also needs two wheels it does not install
