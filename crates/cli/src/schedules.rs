@@ -1,7 +1,6 @@
 //! Distilled schedule files in `generate` (`--schedule FILE`, `--scheduler distilled`), and the
 //! hashes that tie a schedule to its model and calibration set.
 
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -13,25 +12,17 @@ use stride_solvers::{NoiseSchedule, Sampler, Scheduler, Sigmas};
 pub const SHIPPED_DIR: &str = "schedules";
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    format!("{:x}", Sha256::digest(bytes))
 }
 
 /// `sha256:` and the first 16 hex digits of the SHA-256 of `dir/model.safetensors`.
 pub fn model_hash(dir: &Path) -> Result<String> {
     let path = dir.join("model.safetensors");
-    let mut file = std::fs::File::open(&path).with_context(|| format!("hashing {}", path.display()))?;
     let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buffer).with_context(|| format!("hashing {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-    }
-    let hex: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    Ok(format!("sha256:{}", &hex[..16]))
+    std::fs::File::open(&path)
+        .and_then(|mut file| std::io::copy(&mut file, &mut hasher))
+        .with_context(|| format!("hashing {}", path.display()))?;
+    Ok(format!("sha256:{}", &format!("{:x}", hasher.finalize())[..16]))
 }
 
 /// The model a schedule is about to be used with.
