@@ -113,9 +113,9 @@ left() { echo $(( ${DEADLINE:-560} - $(elapsed) )); }
 # --batch defaults, so that a table made here is the CPU's up to float rounding. (The jobs pin
 # the device and the batch in work/job.json: neither machine continues the other's table.)
 PB=${POLICY_BATCH:-16} DB=${DISTILL_BATCH:-8}
-stage "$(( $(left) / 6 ))" eval $S eval --model $M --batch-size 250 --grid $M/grid.png --shape-confusion --device $DEV
+stage "$(( $(left) / 6 ))" eval $S eval --model $M --batch-size 250 --grid $M/grid.png --confusion --device $DEV
 stage "$(( $(left) / 6 ))" probe-set $S eval --model $M --prompts docs/probe_single_object.txt --steps 30 \
-  --batch-size 72 --shape-confusion --device $DEV
+  --batch-size 72 --confusion --device $DEV
 stage "$(( $(left) / 4 ))" policy $S train-policy --model $M --batch $PB --device $DEV --quiet
 stage "$(( $(left) / 3 ))" distill $S distill --model $M --samples 16 --batch $DB --device $DEV --quiet
 stage "$(( $(left) / 4 ))" policy-distilled $S train-policy --model $M --scheduler distilled \

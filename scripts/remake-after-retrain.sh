@@ -39,7 +39,7 @@ run() {  # run STAGE COMMAND...: runs once the named starting stage is reached, 
 
 run fresh rm -rf "$M/schedules" "$M/policy" "$M/policy-distilled"
 # 500 held-out prompts at 50, 20, 10 and 5 steps, the README's grid and shape confusion (16 min).
-run eval "$S" eval --model "$M" --grid "$GRID" --shape-confusion
+run eval "$S" eval --model "$M" --grid "$GRID" --confusion
 # OSS schedules for dpmpp_2m and euler at NFE 5, 8, 10, 15, 20 (58 min).
 run distill "$S" distill --model "$M" --samples 16
 # Exact-DP euler schedules (2 min).

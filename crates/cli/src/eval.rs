@@ -18,7 +18,7 @@ use crate::device::DeviceArg;
   stride eval                                   # 500 held-out prompts at 50, 20, 10 and 5 steps
   stride eval --grid assets/tiny_shapes_grid.png   # and the README's sample grid
   stride eval --steps 50 --limit 100            # a quicker look
-  stride eval --steps 50 --shape-confusion      # and which shape the model drew for which, by size
+  stride eval --steps 50 --confusion            # and which shape it drew for which, how many for `two`
   stride eval --write-heldout models/tiny-shapes/heldout_prompts.txt
   stride eval schedules                         # hand-designed vs distilled step schedules
   stride eval policy                            # the step policy against fixed step counts")]
@@ -54,9 +54,10 @@ pub struct Args {
     #[arg(long)]
     grid: Option<PathBuf>,
     /// Also print, for the single-object prompts that name a shape, the shape the checker read,
-    /// by the size drawn: which shapes the model confuses, and at which size.
+    /// by the size drawn (which shapes the model confuses, and at which size), and for the
+    /// counted phrases ("two red circles") how many such objects it read.
     #[arg(long)]
-    shape_confusion: bool,
+    confusion: bool,
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
 }
@@ -167,8 +168,9 @@ pub fn run(args: Args) -> Result<()> {
             println!("grid: {}", grid.display());
         }
         report(steps, &prompts, &images);
-        if args.shape_confusion {
+        if args.confusion {
             print!("{}", ShapeConfusion::count(&prompts, &images));
+            print!("{}", CountConfusion::count(&prompts, &images));
         }
     }
     Ok(())
@@ -329,6 +331,52 @@ impl std::fmt::Display for ShapeConfusion {
     }
 }
 
+/// On the counted phrases ("two red circles"), how many objects of the phrase's kind the
+/// checker read, by the count asked.
+#[derive(Debug, Default, PartialEq)]
+struct CountConfusion {
+    /// `counts[asked - 2][read]`, `read` capped at `MANY` ("5+").
+    counts: [[usize; Self::MANY + 1]; 2],
+}
+
+impl CountConfusion {
+    const MANY: usize = 5;
+
+    fn count(prompts: &[Prompt], images: &[Image32]) -> Self {
+        let mut confusion = Self::default();
+        for (prompt, image) in prompts.iter().zip(images) {
+            for phrase in check(&prompt.request, image).phrases {
+                if let Some(asked) = phrase.phrase.number.count() {
+                    confusion.counts[asked - 2][phrase.found.min(Self::MANY)] += 1;
+                }
+            }
+        }
+        confusion
+    }
+}
+
+impl std::fmt::Display for CountConfusion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "  objects read for counted phrases (of the phrase's size, colour and shape)")?;
+        write!(f, "  {:<9} {:>4}", "asked", "n")?;
+        for read in 0..Self::MANY {
+            write!(f, "{read:>6}")?;
+        }
+        writeln!(f, "{:>6}", format!("{}+", Self::MANY))?;
+        for (row, asked) in self.counts.iter().zip([Number::Two, Number::Three]) {
+            let n: usize = row.iter().sum();
+            if n > 0 {
+                write!(f, "  {:<9} {n:>4}", asked.name())?;
+                for c in row {
+                    write!(f, "{c:>6}")?;
+                }
+                writeln!(f)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Writes images as an 8-wide grid, each scaled 4x (nearest), as PNG.
 pub fn write_grid(path: &Path, images: &[Image32]) -> Result<()> {
     let (cols, scale, side) = (8usize, 4usize, stride_shapes::SIDE);
@@ -395,5 +443,32 @@ mod tests {
             none.counts.iter().flatten().map(|row| row[ShapeConfusion::NONE]).sum::<usize>(),
             prompts.len()
         );
+    }
+
+    /// On clean renders a counted phrase reads exactly its count (the generator's prompts are
+    /// true of their scenes); on a blank image it reads none.
+    #[test]
+    fn count_confusion_of_clean_scenes_is_exact() {
+        let samples: Vec<_> = World::new(4)
+            .samples(0)
+            .filter(|s| s.prompt.request.phrases.iter().any(|p| p.number != Number::A))
+            .take(200)
+            .collect();
+        let prompts: Vec<Prompt> = samples.iter().map(|s| s.prompt.clone()).collect();
+        let images: Vec<Image32> = samples.iter().map(|s| stride_shapes::render(&s.scene)).collect();
+        let mut expected = CountConfusion::default();
+        let mut blank_expected = CountConfusion::default();
+        for phrase in prompts.iter().flat_map(|p| &p.request.phrases) {
+            if let Some(asked) = phrase.number.count() {
+                expected.counts[asked - 2][asked] += 1;
+                blank_expected.counts[asked - 2][0] += 1;
+            }
+        }
+        assert_eq!(CountConfusion::count(&prompts, &images), expected);
+        // Both "two" and "three" are in the sample.
+        assert!(expected.counts.iter().all(|row| row.iter().sum::<usize>() > 0));
+
+        let blank = vec![Image32::filled(stride_shapes::Color::ALL[0]); prompts.len()];
+        assert_eq!(CountConfusion::count(&prompts, &blank), blank_expected);
     }
 }
