@@ -275,33 +275,13 @@ impl Trainer {
         let weights = dir.join("checkpoint.safetensors");
         let tensors = candle_core::safetensors::load(&weights, device)
             .map_err(|e| ModelError::File { path: weights.clone(), reason: e.to_string() })?;
-        let get = |key: String| {
-            tensors
-                .get(&key)
-                .cloned()
-                .ok_or_else(|| ModelError::File { path: weights.clone(), reason: format!("missing {key}") })
-        };
         for (i, name) in trainer.names.clone().iter().enumerate() {
             let var = trainer.var(name);
-            let flat = |key: String| -> Result<Vec<f32>, ModelError> {
-                let values = get(key.clone())?.flatten_all()?.to_vec1::<f32>()?;
-                if values.len() != var.elem_count() {
-                    return Err(ModelError::File {
-                        path: weights.clone(),
-                        reason: format!(
-                            "{key} has {} values, the model's {name} {}",
-                            values.len(),
-                            var.elem_count()
-                        ),
-                    });
-                }
-                Ok(values)
-            };
-            let param = flat(format!("param.{name}"))?;
-            var.set(&Tensor::from_vec(param, var.shape(), device)?)?;
-            trainer.m[i] = flat(format!("adam_m.{name}"))?;
-            trainer.v[i] = flat(format!("adam_v.{name}"))?;
-            trainer.ema[i] = flat(format!("ema.{name}"))?;
+            let get = |prefix: &str| named(&tensors, &format!("{prefix}.{name}"), var.dims(), &weights);
+            var.set(&get("param")?)?;
+            trainer.m[i] = get("adam_m")?.flatten_all()?.to_vec1::<f32>()?;
+            trainer.v[i] = get("adam_v")?.flatten_all()?.to_vec1::<f32>()?;
+            trainer.ema[i] = get("ema")?.flatten_all()?.to_vec1::<f32>()?;
         }
         // Checkpoints from before the step was stored with the weights have it in the JSON only.
         trainer.step = match tensors.get(STEP_KEY) {
@@ -361,24 +341,31 @@ struct CheckpointState {
 /// Sets every parameter in `varmap` from the safetensors file at `path`, which must hold each
 /// of `names` with the same shape.
 fn load_weights(varmap: &VarMap, names: &[String], path: &Path, device: &Device) -> Result<(), ModelError> {
-    let file_err = |reason: String| ModelError::File { path: path.to_path_buf(), reason };
-    let tensors = candle_core::safetensors::load(path, device).map_err(|e| file_err(e.to_string()))?;
+    let tensors = candle_core::safetensors::load(path, device)
+        .map_err(|e| ModelError::File { path: path.to_path_buf(), reason: e.to_string() })?;
     let data = varmap.data().lock().expect("varmap lock");
     for name in names {
         let var = &data[name];
-        let value = tensors
-            .get(name)
-            .ok_or_else(|| file_err(format!("no {name}: these weights are not of the run's model config")))?;
-        if value.dims() != var.dims() {
-            return Err(file_err(format!(
-                "{name} is {:?}, the run's model config needs {:?}",
-                value.dims(),
-                var.dims()
-            )));
-        }
-        var.set(&value.to_dtype(DType::F32)?)?;
+        var.set(&named(&tensors, name, var.dims(), path)?.to_dtype(DType::F32)?)?;
     }
     Ok(())
+}
+
+/// `tensors[key]` (read from `path`), which must have the shape `dims` of the run's model.
+fn named(
+    tensors: &HashMap<String, Tensor>,
+    key: &str,
+    dims: &[usize],
+    path: &Path,
+) -> Result<Tensor, ModelError> {
+    let file_err = |reason: String| ModelError::File { path: path.to_path_buf(), reason };
+    let value = tensors
+        .get(key)
+        .ok_or_else(|| file_err(format!("no {key}: these weights are not of the run's model config")))?;
+    if value.dims() != dims {
+        return Err(file_err(format!("{key} is {:?}, the run's model config needs {dims:?}", value.dims())));
+    }
+    Ok(value.clone())
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> ModelError {
