@@ -31,6 +31,9 @@
 # 3) passed 0.356 of held-out prompts against 0.236. More of the same from there, carrying .gpu only:
 #   CONFIG=models/tiny-shapes/train-finetune.json INIT=models/tiny-shapes/next BASELINE=models/tiny-shapes/next \
 #     BATCH=256 LR=5e-4 PROBE=100 TRAIN_UNTIL=370 DEADLINE=565 bash scripts/gpu-pipeline.sh
+# A step there is bound by kernel launches and the host-side AdamW, not by the batch, and a
+# scene costs 2.5 us to draw and render on one core (measured here 2026-12-04): BATCH=1024
+# would see 4 times the scenes in the same steps (untried; the probe's steps/s will say).
 #
 # ../shared/gpu/build-cuda.sh as of 2026-11-28 also needs two wheels it does not install
 # (candle-kernels includes <nv/target>; stride links libnvrtc), unzipped into its CU_HOME:
