@@ -27,8 +27,9 @@
 # probe failed, and the training resumed that run with --steps 26000 (steps 1600-2928, learning
 # rate near the peak again). It measured better than step 1600, and is the bundled weights. A run
 # now starts from empty folders; its cosine ends at the step the probe plans, so the call anneals.
-# The second call did not, and the CPU anneal of its weights (models/tiny-shapes/next, README part
-# 3) passed 0.356 of held-out prompts against 0.236. More of the same from there, carrying .gpu only:
+# The second call did not, and two CPU cycles from its weights (models/tiny-shapes/next, README
+# parts 3 and 4) pass 0.486 of held-out prompts against 0.236. More of the same from there,
+# carrying .gpu only:
 #   CONFIG=models/tiny-shapes/train-finetune.json INIT=models/tiny-shapes/next BASELINE=models/tiny-shapes/next \
 #     BATCH=256 LR=5e-4 PROBE=100 TRAIN_UNTIL=370 DEADLINE=565 bash scripts/gpu-pipeline.sh
 # A step there is bound by kernel launches and the host-side AdamW, not by the batch, and a
